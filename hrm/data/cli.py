@@ -1,0 +1,51 @@
+"""`hrm-data`: build, generate, check and show datasets.
+
+Each command lives in its own module, which exposes `register(subparsers)` for top-level commands
+(check, show, arc-vote) or `register_build(subparsers)` / `register_generate(subparsers)` for the
+`build X` / `generate X` families. Every parser sets `func` via set_defaults; `func(args)` returns the
+exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that add commands; order is the order shown in --help.
+COMMAND_MODULES = (
+    "hrm.data.sudoku",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hrm-data", description="Build, generate, check and show HRM datasets.")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build = top.add_parser("build", help="build a dataset in the reference layout").add_subparsers(
+        dest="kind", required=True, metavar="KIND")
+    generate = top.add_parser("generate", help="write raw puzzles (CSV) for offline use").add_subparsers(
+        dest="kind", required=True, metavar="KIND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        if hasattr(module, "register_build"):
+            module.register_build(build)
+        if hasattr(module, "register_generate"):
+            module.register_generate(generate)
+        if hasattr(module, "register"):
+            module.register(top)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hrm.data.format import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DatasetError as e:
+        print(f"hrm-data: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The reference's on-disk dataset layout: `{out}/{split}/dataset.json` + `{set}__{field}.npy`.
+
+Builders write through `building()` so that an interrupted build never leaves a directory that looks
+valid: everything goes to a temporary sibling that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+DTYPES = {
+    "inputs": np.uint8,
+    "labels": np.uint8,
+    "puzzle_identifiers": np.int32,
+    "puzzle_indices": np.int32,
+    "group_indices": np.int32,
+}
+BUILD_INFO = "build_info.json"
+IDENTIFIERS = "identifiers.json"
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class DatasetMetadata:
+    pad_id: int
+    ignore_label_id: int | None
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    sets: list[str] = field(default_factory=lambda: ["all"])
+
+    @classmethod
+    def from_json(cls, data: dict) -> DatasetMetadata:
+        # Extra keys (e.g. TRM's total_puzzles) are ignored, as the reference's pydantic model does.
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        missing = [k for k in cls.__dataclass_fields__ if k not in data and k != "sets"]
+        if missing:
+            raise DatasetError(f"dataset.json lacks {', '.join(missing)}: rebuild the dataset with hrm-data build")
+        return cls(**known)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def write_split(split_dir: Path, metadata: DatasetMetadata, arrays: dict[str, np.ndarray],
+                set_name: str = "all") -> None:
+    """Validate and write one split (arrays of one set); `metadata.sets` must name the set."""
+    split_dir = Path(split_dir)
+    split_dir.mkdir(parents=True, exist_ok=True)
+    errors = check_arrays(arrays, metadata)
+    if errors:
+        raise DatasetError(f"refusing to write {split_dir}: {errors[0]}")
+    for name in FIELDS:
+        write_array(split_dir / f"{set_name}__{name}.npy", np.ascontiguousarray(arrays[name], dtype=DTYPES[name]))
+    atomic_write_json(split_dir / "dataset.json", asdict(metadata))
+
+
+def read_metadata(split_dir: Path) -> DatasetMetadata:
+    path = Path(split_dir) / "dataset.json"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: build the dataset first (hrm-data build ...) or fix data_path")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}): rebuild the dataset") from None
+    return DatasetMetadata.from_json(data)
+
+
+def load_split(split_dir: Path, set_name: str = "all", mmap: bool = True) -> dict[str, np.ndarray]:
+    """Inputs and labels memory-mapped read-only (as the reference does); index arrays in RAM."""
+    split_dir = Path(split_dir)
+    out = {}
+    for name in FIELDS:
+        path = split_dir / f"{set_name}__{name}.npy"
+        if not path.is_file():
+            raise DatasetError(f"{path} not found: the dataset is incomplete, rebuild it")
+        try:
+            out[name] = np.load(path, mmap_mode="r" if (mmap and name in ("inputs", "labels")) else None)
+        except ValueError as e:
+            raise DatasetError(f"{path} is not a readable .npy file ({e}): rebuild the dataset") from None
+    return out
+
+
+def check_arrays(arrays: dict[str, np.ndarray], metadata: DatasetMetadata, full: bool = True) -> list[str]:
+    """Structural checks; `full` also scans token and identifier ranges (reads the whole arrays)."""
+    errors: list[str] = []
+    missing = [n for n in FIELDS if n not in arrays]
+    if missing:
+        return [f"missing arrays: {', '.join(missing)}"]
+    inp, lab = arrays["inputs"], arrays["labels"]
+    pid, pidx, gidx = arrays["puzzle_identifiers"], arrays["puzzle_indices"], arrays["group_indices"]
+    for name in FIELDS:
+        a = arrays[name]
+        if np.dtype(a.dtype) != np.dtype(DTYPES[name]) and not (
+            name in ("puzzle_identifiers", "puzzle_indices", "group_indices") and np.issubdtype(a.dtype, np.integer)
+        ):
+            errors.append(f"{name} has dtype {a.dtype}, expected {np.dtype(DTYPES[name])}")
+    if inp.ndim != 2 or inp.shape[1] != metadata.seq_len:
+        errors.append(f"inputs shape {inp.shape} does not match seq_len {metadata.seq_len}")
+    if lab.shape != inp.shape:
+        errors.append(f"labels shape {lab.shape} differs from inputs shape {inp.shape}")
+    if pidx.ndim != 1 or len(pidx) != len(pid) + 1:
+        errors.append(f"puzzle_indices has {len(pidx)} entries, expected num_puzzles + 1 = {len(pid) + 1}")
+    elif pidx[0] != 0 or pidx[-1] != len(inp) or np.any(np.diff(pidx) < 0):
+        errors.append("puzzle_indices must start at 0, be non-decreasing and end at the number of examples")
+    if gidx.ndim != 1 or len(gidx) < 1 or gidx[0] != 0 or gidx[-1] != len(pid) or np.any(np.diff(gidx) < 0):
+        errors.append("group_indices must start at 0, be non-decreasing and end at the number of puzzles")
+    elif len(gidx) - 1 != metadata.total_groups:
+        errors.append(f"{len(gidx) - 1} groups on disk but dataset.json says total_groups={metadata.total_groups}")
+    if full and not errors:
+        if len(inp) and int(inp.max()) >= metadata.vocab_size:
+            errors.append(f"inputs hold token {int(inp.max())} >= vocab_size {metadata.vocab_size}")
+        if len(lab) and int(lab.max()) >= metadata.vocab_size:
+            errors.append(f"labels hold token {int(lab.max())} >= vocab_size {metadata.vocab_size}")
+        if len(pid) and (int(pid.min()) < 0 or int(pid.max()) >= metadata.num_puzzle_identifiers):
+            errors.append(f"puzzle_identifiers outside [0, {metadata.num_puzzle_identifiers})")
+    return errors
+
+
+def validate_dataset(data_path: Path, splits: tuple[str, ...] = ("train", "test"), full: bool = False) -> None:
+    """Raise DatasetError with one line naming the problem; cheap unless `full`."""
+    data_path = Path(data_path)
+    if not data_path.is_dir():
+        raise DatasetError(f"dataset directory {data_path} does not exist: build it with hrm-data build ... "
+                           f"or set data_path to a built dataset")
+    for split in splits:
+        split_dir = data_path / split
+        meta = read_metadata(split_dir)
+        for set_name in meta.sets:
+            errors = check_arrays(load_split(split_dir, set_name), meta, full=full)
+            if errors:
+                raise DatasetError(f"{split_dir} ({set_name}): {errors[0]}; rebuild the dataset")
+
+
+def read_build_info(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / BUILD_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@contextlib.contextmanager
+def building(out_dir: Path, build_info: dict) -> Iterator[Path | None]:
+    """Yield a temporary directory to build into, renamed to `out_dir` on success.
+
+    Yields None when `out_dir` already holds the same build (same `build_info`), so builders can skip.
+    Raises DatasetError when it holds something else. The temp dir is removed on any failure.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        existing = read_build_info(out_dir)
+        if existing == json.loads(json.dumps(build_info)):
+            yield None
+            return
+        what = "a different dataset" if existing else "files that are not an hrm-data build"
+        raise DatasetError(f"{out_dir} already holds {what}: choose another --output-dir or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        atomic_write_json(tmp / BUILD_INFO, build_info)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
