@@ -1,0 +1,95 @@
+"""The training config: where it lives, how it is checked, and how runs are named.
+
+Checks here run before any model is built or any file is written, so bad input costs one line.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from hrm.data.format import DatasetMetadata
+
+# Keys that may differ when a run is resumed (they do not change what is computed).
+RUNTIME_KEYS = {
+    "max_steps", "wandb_mode", "device", "compile", "state_every_minutes", "eval_max_batches",
+    "resources", "build", "eval_save_outputs", "checkpoint_every_eval", "project_name", "run_name",
+    "checkpoint_path", "optimizer_impl", "arch.attn_backend",
+}
+_WORDS_A = ("amber", "brisk", "calm", "daring", "eager", "fuzzy", "gentle", "hidden", "icy", "jolly", "keen",
+            "lucky", "mellow", "nimble", "odd", "proud", "quiet", "rapid", "silent", "tidy", "vivid", "witty")
+_WORDS_B = ("otter", "falcon", "maple", "comet", "badger", "harbor", "lynx", "meadow", "nebula", "orchid",
+            "pebble", "quartz", "raven", "sparrow", "tundra", "walrus", "yak", "zephyr", "cedar", "delta")
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("HRM_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+
+
+def default_config() -> DictConfig:
+    """cfg_pretrain.yaml with the default arch, without Hydra (for hrm-evaluate and reference configs)."""
+    base = OmegaConf.load(config_dir() / "cfg_pretrain.yaml")
+    base.pop("defaults", None)
+    base.pop("hydra", None)
+    base.arch = OmegaConf.load(config_dir() / "arch" / "hrm_v1.yaml")
+    return base
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def validate_config(cfg: DictConfig, world_size: int) -> None:
+    """Raise ValueError with one line for config mistakes that would otherwise fail mid-run."""
+    if cfg.global_batch_size <= 0:
+        raise ValueError(f"global_batch_size={cfg.global_batch_size} must be positive")
+    if cfg.global_batch_size % world_size:
+        raise ValueError(f"global_batch_size={cfg.global_batch_size} is not divisible by the {world_size} ranks: "
+                         f"use a multiple of {world_size}")
+    if cfg.eval_interval is not None and (cfg.eval_interval <= 0 or cfg.epochs % cfg.eval_interval):
+        raise ValueError(f"epochs={cfg.epochs} is not divisible by eval_interval={cfg.eval_interval}: "
+                         f"choose eval_interval dividing epochs (or eval_interval=null)")
+    if cfg.arch.loss.loss_type not in ("stablemax_cross_entropy", "softmax_cross_entropy"):
+        raise ValueError(f"arch.loss.loss_type={cfg.arch.loss.loss_type!r}: use stablemax_cross_entropy "
+                         f"or softmax_cross_entropy")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"max_steps={cfg.max_steps} must be >= 1 (or null)")
+
+
+def check_fits_data(cfg: DictConfig, meta: DatasetMetadata, world_size: int) -> None:
+    local = cfg.global_batch_size // world_size
+    if local < 1:
+        raise ValueError(f"global_batch_size={cfg.global_batch_size} gives no rows per rank with {world_size} ranks")
+
+
+def auto_names(cfg: DictConfig) -> tuple[str, str, str]:
+    """Project, run name and checkpoint path as the reference builds them (with our own word list)."""
+    project = cfg.project_name or f"{Path(str(cfg.data_path)).name.capitalize()} ACT-torch"
+    run = cfg.run_name or f"HierarchicalReasoningModel_ACTV1 {random.choice(_WORDS_A)}-{random.choice(_WORDS_B)}"
+    path = cfg.checkpoint_path or str(Path("checkpoints") / project / run)
+    return project, run, path
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """Settings that differ between a saved run and this command (runtime-only keys excluded)."""
+    a, b = _flat(saved), _flat(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RUNTIME_KEYS or key.split(".")[0] in RUNTIME_KEYS:
+            continue
+        if a.get(key) != b.get(key):
+            diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs

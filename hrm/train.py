@@ -1,0 +1,311 @@
+"""`hrm-train`: the reference's training loop (§4) with the reference's Hydra overrides, made resumable.
+
+Runs on CPU, one GPU, `torchrun --nproc-per-node N`, or ranks started by `srun`. Re-running the same
+command with the same checkpoint_path resumes from the latest full state; SIGTERM / SIGUSR1 save the
+state and exit with code 3 (Slurm's pre-emption and time-limit signals).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+import torch.distributed as torch_dist
+from omegaconf import DictConfig, OmegaConf
+
+from hrm import dist, runstate
+from hrm.config import auto_names, config_dir, resume_differences, to_container, validate_config
+from hrm.data.format import DatasetError, atomic_write_bytes, read_metadata, validate_dataset
+from hrm.track import Tracker, console
+
+
+@dataclass
+class Position:
+    """Where training stands: `step` optimizer steps done; next batch is `batch` of iteration `iteration`."""
+
+    step: int = 0
+    iteration: int = 0
+    batch: int = 0
+
+
+def carry_to_dict(carry) -> dict:
+    return {"z_H": carry.inner_carry.z_H.cpu(), "z_L": carry.inner_carry.z_L.cpu(), "steps": carry.steps.cpu(),
+            "halted": carry.halted.cpu(), "current_data": {k: v.cpu() for k, v in carry.current_data.items()}}
+
+
+def carry_from_dict(d: dict, device: torch.device):
+    from hrm.model.hrm_act import ACTCarry, InnerCarry
+
+    return ACTCarry(InnerCarry(d["z_H"].to(device), d["z_L"].to(device)), d["steps"].to(device),
+                    d["halted"].to(device), {k: v.to(device) for k, v in d["current_data"].items()})
+
+
+def _should_compile(cfg: DictConfig, device: torch.device) -> bool:
+    if cfg.compile == "auto":
+        return device.type == "cuda" and not os.environ.get("DISABLE_COMPILE")
+    return bool(cfg.compile)
+
+
+class Reporter:
+    """A rich progress bar on a terminal; a plain line every 30 s in batch logs (Slurm)."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled = enabled
+        self.live = enabled and console.is_terminal
+        self.last_line = 0.0
+        self.total = total
+        self.t0, self.s0 = time.time(), start
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                     TextColumn("{task.fields[info]}"), console=console)
+            self.task = self.progress.add_task("train", total=total, completed=start, info="")
+            self.progress.start()
+
+    def samples_per_s(self, step: int, batch: int) -> float:
+        return (step - self.s0) * batch / max(time.time() - self.t0, 1e-9)
+
+    def update(self, step: int, metrics: dict, batch: int) -> None:
+        if not self.enabled:
+            return
+        info = (f"loss {metrics.get('train/lm_loss', float('nan')):.4f} exact "
+                f"{metrics.get('train/exact_accuracy', float('nan')):.3f} {self.samples_per_s(step, batch):.0f} samples/s")
+        if self.live:
+            self.progress.update(self.task, completed=step, info=info)
+        elif time.time() - self.last_line > 30 or step == self.total:
+            self.last_line = time.time()
+            console.print(f"step {step}/{self.total} {info}")
+
+    def close(self) -> None:
+        if self.live:
+            self.progress.stop()
+
+
+def _reduce_train_metrics(metrics: dict, global_batch_size: int, info: dist.DistInfo) -> dict | None:
+    keys = sorted(metrics)
+    values = torch.stack([metrics[k].detach().to(torch.float32) for k in keys])
+    if torch_dist.is_initialized():
+        torch_dist.reduce(values, dst=0)
+    if not info.is_main:
+        return None
+    row = dict(zip(keys, values.cpu().tolist()))
+    count = max(row["count"], 1)
+    return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in row.items()}
+
+
+def _broadcast_names(cfg: DictConfig, info: dist.DistInfo) -> tuple[str, str, str]:
+    names = [auto_names(cfg) if info.is_main else None]
+    if torch_dist.is_initialized():
+        torch_dist.broadcast_object_list(names, src=0)
+    return names[0]
+
+
+def prepare(cfg: DictConfig, info: dist.DistInfo) -> dict:
+    """Every check that can fail on bad input, before a model is built or a file written."""
+    validate_config(cfg, info.world_size)
+    data_path = Path(cfg.data_path)
+    validate_dataset(data_path, splits=("train",))
+    has_test = (data_path / "test" / "dataset.json").is_file()
+    if has_test:
+        validate_dataset(data_path, splits=("test",))
+    meta = read_metadata(data_path / "train")
+    project, run_name, ckpt_path = _broadcast_names(cfg, info)
+    cfg.project_name, cfg.run_name, cfg.checkpoint_path = project, run_name, ckpt_path
+    run_dir = Path(ckpt_path)
+    saved_cfg = run_dir / "all_config.yaml"
+    if saved_cfg.is_file():
+        diffs = resume_differences(to_container(OmegaConf.load(saved_cfg)), to_container(cfg))
+        if diffs:
+            raise ValueError(f"checkpoint_path {run_dir} holds a run with other settings ({'; '.join(diffs[:3])}): "
+                             f"use a new checkpoint_path, or the run's own settings to resume it")
+    from hrm.model.layers import resolve_attn_backend
+    from hrm.model.hrm_act import DTYPES
+
+    if cfg.arch.forward_dtype not in DTYPES:
+        raise ValueError(f"arch.forward_dtype={cfg.arch.forward_dtype!r}: use bfloat16 or float32")
+    resolve_attn_backend(cfg.arch.attn_backend, info.device, DTYPES[cfg.arch.forward_dtype])
+    return {"meta": meta, "run_dir": run_dir, "has_test": has_test}
+
+
+def train(cfg: DictConfig) -> int:
+    from hrm.data.loader import PuzzleDataset, total_steps as compute_total_steps
+    from hrm.evaluate import evaluate, metrics_table
+    from hrm.model import build_model, num_params
+    from hrm.optim import AdamATan2, SparseEmbeddingSignSGD, cosine_schedule_with_warmup_lr
+
+    info = dist.setup(cfg.device)
+    try:
+        prep = prepare(cfg, info)
+    except (ValueError, DatasetError) as e:
+        if info.is_main:
+            print(f"hrm-train: error: {e}", file=sys.stderr)
+        dist.teardown()
+        return 2
+    meta, run_dir = prep["meta"], prep["run_dir"]
+    gbs, local_bs = cfg.global_batch_size, cfg.global_batch_size // info.world_size
+    epochs_per_iter = cfg.eval_interval or cfg.epochs
+    total_iters = cfg.epochs // epochs_per_iter
+    total_steps = compute_total_steps(meta, cfg.epochs, gbs)
+    train_ds = PuzzleDataset(cfg.data_path, "train", gbs, rank=info.rank, world_size=info.world_size,
+                             seed=cfg.seed, epochs_per_iter=epochs_per_iter)
+    eval_ds = (PuzzleDataset(cfg.data_path, "test", gbs, rank=info.rank, world_size=info.world_size,
+                             seed=cfg.seed, test_set_mode=True) if prep["has_test"] else None)
+
+    torch.random.manual_seed(cfg.seed + info.rank)
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    model = build_model(arch, meta, local_bs, info.device)
+    if torch_dist.is_initialized():
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                torch_dist.broadcast(t, src=0)
+    optimizers, base_lrs = [], []
+    if arch["puzzle_emb_ndim"] > 0:
+        optimizers.append(SparseEmbeddingSignSGD(model.model.puzzle_emb.buffers(), lr=0,
+                                                 weight_decay=cfg.puzzle_emb_weight_decay, world_size=info.world_size))
+        base_lrs.append(cfg.puzzle_emb_lr)
+    optimizers.append(AdamATan2(model.parameters(), lr=0, weight_decay=cfg.weight_decay,
+                                betas=(cfg.beta1, cfg.beta2), impl=cfg.optimizer_impl))
+    base_lrs.append(cfg.lr)
+
+    pos, carry = Position(), None
+    state = runstate.load_state(run_dir, info, map_location=info.device)
+    if state is not None:
+        common, mine = state
+        model.load_state_dict(common["model"])
+        for opt, sd in zip(optimizers, common["optimizers"]):
+            opt.load_state_dict(sd)
+        pos = Position(**common["position"])
+        if mine is not None:
+            carry = carry_from_dict(mine["carry"], info.device) if mine["carry"] is not None else None
+            runstate.set_rng_state(mine["rng"], info.device)
+    elif info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "all_config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    dist.barrier()
+
+    step_model = torch.compile(model, dynamic=False) if _should_compile(cfg, info.device) else model
+    tracker = Tracker(run_dir, to_container(cfg), cfg.project_name, cfg.run_name, cfg.wandb_mode,
+                      enabled=info.is_main, resume_step=pos.step if state is not None else None)
+    n_params = num_params(model)
+    if info.is_main:
+        backend = model.model.inner.H_level.layers[0].self_attn.backend
+        console.print(f"[bold]hrm-train[/] {cfg.run_name} -> {run_dir}")
+        console.print(f"  device {info.device} x{info.world_size}, attention {backend}, dtype {arch['forward_dtype']}, "
+                      f"compile {step_model is not model}, W&B {tracker.mode}")
+        console.print(f"  {n_params:,} parameters; data {cfg.data_path}: {meta.total_groups} groups, "
+                      f"{total_steps} total steps, {total_iters} iteration(s) of {epochs_per_iter} epochs")
+        if state is not None:
+            console.print(f"  resumed at step {pos.step} (iteration {pos.iteration}, batch {pos.batch})")
+        else:
+            tracker.log({"num_params": n_params}, step=0)
+
+    limit = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    stop = runstate.StopSignal().install()
+    last_state_time = time.time()
+    reporter = Reporter(info.is_main, limit, pos.step)
+
+    def save_state() -> None:
+        common = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                  "position": vars(pos).copy(), "total_steps": total_steps}
+        mine = {"carry": carry_to_dict(carry) if carry is not None else None, "rng": runstate.rng_state(info.device)}
+        runstate.save_state(run_dir, pos.step, common, mine, info)
+
+    def status(state_name: str) -> None:
+        if info.is_main:
+            runstate.write_status(run_dir, state_name, pos.step, total_steps, limit=limit,
+                                  samples_per_s=round(reporter.samples_per_s(pos.step, gbs), 2))
+
+    status("running")
+    interrupted = False
+    try:
+        while pos.iteration < total_iters and pos.step < limit and not interrupted:
+            for _set_name, batch, _ in train_ds.train_iteration(pos.iteration + 1, pos.batch):
+                batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
+                if carry is None:
+                    carry = model.initial_carry(batch)
+                carry, loss, metrics, _, _ = step_model(carry=carry, batch=batch, return_keys=())
+                ((1 / gbs) * loss).backward()
+                if torch_dist.is_initialized():
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            torch_dist.all_reduce(p.grad)
+                pos.step += 1
+                pos.batch += 1
+                lr = 0.0
+                for opt, base_lr in zip(optimizers, base_lrs):
+                    lr = cosine_schedule_with_warmup_lr(pos.step, base_lr, cfg.lr_warmup_steps, total_steps,
+                                                        cfg.lr_min_ratio)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    opt.step()
+                    opt.zero_grad()
+                reduced = _reduce_train_metrics(metrics, gbs, info)
+                if reduced is not None:
+                    reduced["train/lr"] = lr
+                    tracker.log(reduced, step=pos.step)
+                    reporter.update(pos.step, reduced, gbs)
+                if dist.all_reduce_flag(stop.requested, info.device):
+                    interrupted = True
+                    break
+                if time.time() - last_state_time > 60 * cfg.state_every_minutes:
+                    save_state()
+                    last_state_time = time.time()
+                if pos.step >= limit:
+                    break
+            if interrupted:
+                break
+            finished_iteration = pos.step < limit or pos.batch >= train_ds.num_train_batches(pos.iteration + 1)
+            if eval_ds is not None:
+                eval_metrics, outputs = evaluate(model, eval_ds, info, list(cfg.eval_save_outputs),
+                                                 cfg.eval_max_batches)
+                if outputs:
+                    runstate.atomic_torch_save(outputs, run_dir / f"step_{pos.step}_all_preds.{info.rank}")
+                if info.is_main:
+                    tracker.log(eval_metrics, step=pos.step)
+                    console.print(metrics_table(eval_metrics, f"evaluation at step {pos.step}"))
+            if finished_iteration:
+                pos.iteration += 1
+                pos.batch = 0
+            last = pos.iteration >= total_iters or pos.step >= limit
+            if info.is_main and (cfg.checkpoint_every_eval or last):
+                runstate.save_weights(run_dir, pos.step, model.state_dict())
+            save_state()
+            last_state_time = time.time()
+    finally:
+        reporter.close()
+        stop.uninstall()
+    if interrupted:
+        save_state()
+        status("interrupted")
+        if info.is_main:
+            console.print(f"[yellow]{stop.received}: state saved at step {pos.step}; run the same command to resume[/]")
+        tracker.finish()
+        dist.teardown()
+        return runstate.EXIT_INTERRUPTED
+    status("finished" if pos.iteration >= total_iters or pos.step >= total_steps else "stopped")
+    if info.is_main:
+        console.print(f"done at step {pos.step}/{total_steps}; weights in {run_dir}")
+    tracker.finish()
+    dist.teardown()
+    return 0
+
+
+@hydra.main(config_path=str(config_dir()), config_name="cfg_pretrain", version_base=None)
+def _hydra_entry(cfg: DictConfig) -> None:
+    code = train(cfg)
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()
