@@ -10,6 +10,7 @@ import json
 import netrc
 import os
 import time
+import uuid
 from pathlib import Path
 
 from rich.console import Console
@@ -98,7 +99,7 @@ class Tracker:
         if id_file.is_file():
             run_id = id_file.read_text().strip()
         else:
-            run_id = wandb.util.generate_id()
+            run_id = uuid.uuid4().hex[:8]
             id_file.write_text(run_id)
         kwargs = dict(project=project, name=run_name, config=config, dir=str(self.run_dir), id=run_id,
                       resume="allow", settings=wandb.Settings(init_timeout=30, x_disable_stats=True))

@@ -9,6 +9,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"          # no test may reach the Hugging Face hub
 os.environ["DISABLE_COMPILE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny test models: threads only add spin-waits on 2 cores
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.setdefault("WANDB_SILENT", "true")
