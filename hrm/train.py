@@ -74,8 +74,8 @@ class Reporter:
     def update(self, step: int, metrics: dict, batch: int) -> None:
         if not self.enabled:
             return
-        info = (f"loss {metrics.get('train/lm_loss', float('nan')):.4f} exact "
-                f"{metrics.get('train/exact_accuracy', float('nan')):.3f} {self.samples_per_s(step, batch):.0f} samples/s")
+        loss, exact = metrics.get("train/lm_loss", float("nan")), metrics.get("train/exact_accuracy", float("nan"))
+        info = f"loss {loss:.4f} exact {exact:.3f} {self.samples_per_s(step, batch):.0f} samples/s"
         if self.live:
             self.progress.update(self.task, completed=step, info=info)
         elif time.time() - self.last_line > 30 or step == self.total:
@@ -124,8 +124,8 @@ def prepare(cfg: DictConfig, info: dist.DistInfo) -> dict:
         if diffs:
             raise ValueError(f"checkpoint_path {run_dir} holds a run with other settings ({'; '.join(diffs[:3])}): "
                              f"use a new checkpoint_path, or the run's own settings to resume it")
-    from hrm.model.layers import resolve_attn_backend
     from hrm.model.hrm_act import DTYPES
+    from hrm.model.layers import resolve_attn_backend
 
     if cfg.arch.forward_dtype not in DTYPES:
         raise ValueError(f"arch.forward_dtype={cfg.arch.forward_dtype!r}: use bfloat16 or float32")
@@ -134,7 +134,8 @@ def prepare(cfg: DictConfig, info: dist.DistInfo) -> dict:
 
 
 def train(cfg: DictConfig) -> int:
-    from hrm.data.loader import PuzzleDataset, total_steps as compute_total_steps
+    from hrm.data.loader import PuzzleDataset
+    from hrm.data.loader import total_steps as compute_total_steps
     from hrm.evaluate import evaluate, metrics_table
     from hrm.model import build_model, num_params
     from hrm.optim import AdamATan2, SparseEmbeddingSignSGD, cosine_schedule_with_warmup_lr

@@ -67,8 +67,10 @@ def test_state_dict_keys_follow_reference_tree():
     keys = set(model.state_dict())
     for key in ("model.inner.embed_tokens.embedding_weight", "model.inner.lm_head.weight", "model.inner.q_head.bias",
                 "model.inner.puzzle_emb.weights", "model.inner.H_init", "model.inner.L_init",
-                "model.inner.H_level.layers.3.self_attn.qkv_proj.weight", "model.inner.L_level.layers.0.mlp.gate_up_proj.weight",
-                "model.inner.L_level.layers.0.mlp.down_proj.weight", "model.inner.H_level.layers.0.self_attn.o_proj.weight"):
+                "model.inner.H_level.layers.3.self_attn.qkv_proj.weight",
+                "model.inner.L_level.layers.0.mlp.gate_up_proj.weight",
+                "model.inner.L_level.layers.0.mlp.down_proj.weight",
+                "model.inner.H_level.layers.0.self_attn.o_proj.weight"):
         assert key in keys, key
     assert not any("rotary" in k or "local_" in k for k in keys)  # non-persistent buffers
     assert tuple(model.state_dict()["model.inner.H_level.layers.0.mlp.gate_up_proj.weight"].shape) == (3072, 512)

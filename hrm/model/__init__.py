@@ -45,7 +45,8 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:
                          f"use the arch settings the checkpoint was trained with")
     for key, value in state_dict.items():
         if tuple(value.shape) != tuple(own[key].shape):
-            hint = ("the dataset's vocab_size differs from the checkpoint's" if "embed_tokens" in key or "lm_head" in key
+            vocab = "embed_tokens" in key or "lm_head" in key
+            hint = ("the dataset's vocab_size differs from the checkpoint's" if vocab
                     else "the dataset has a different number of puzzle identifiers (built with other settings or "
                          "another identifier order): rebuild it as the checkpoint's was" if "puzzle_emb" in key
                     else "the arch settings differ from the checkpoint's")

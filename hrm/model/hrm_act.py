@@ -48,6 +48,9 @@ class HRMConfig:
     halt_exploration_prob: float = 0.1
     forward_dtype: str = "bfloat16"
     attn_backend: str = "sdpa"  # already resolved (see layers.resolve_attn_backend)
+    grad_mode: str = "one_step"  # one_step|full|sqrt (see hrm.model.sqrt_bptt)
+    grad_window: int | None = None  # full/sqrt: differentiate only the last K module applications
+    memory_limit_mb: float | None = None  # sqrt: pick the stretch length so activations fit this
 
     @classmethod
     def from_arch(cls, arch: dict, **runtime) -> HRMConfig:
@@ -65,6 +68,10 @@ class HRMConfig:
         for key in ("H_cycles", "L_cycles", "H_layers", "L_layers", "halt_max_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"arch.{key} must be >= 1, got {getattr(self, key)}")
+        from hrm.model.sqrt_bptt import validate_grad_settings
+
+        validate_grad_settings(self.grad_mode, self.grad_window, self.memory_limit_mb,
+                               self.H_cycles, self.L_cycles)
 
 
 @dataclass
@@ -180,6 +187,10 @@ class HRMInner(nn.Module):
     def reason(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
                cos_sin: CosSin | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One segment: H_cycles x L_cycles updates, differentiating only the final L and H step."""
+        if self.config.grad_mode != "one_step":
+            from hrm.model.sqrt_bptt import reason_segment
+
+            return reason_segment(self, z_H, z_L, x, cos_sin)
         H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
         with torch.no_grad():
             for h in range(H_cycles):

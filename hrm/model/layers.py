@@ -85,7 +85,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k: [B, S, H, D]; cos, sin: [S, D] (broadcast over heads). Rotation done in fp32."""
     dtype = q.dtype
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
@@ -133,9 +134,10 @@ def resolve_attn_backend(name: str, device: torch.device | str, dtype: torch.dty
         return "sdpa"
     if name in ("fa3", "fa2"):
         module = {"fa3": "flash_attn_interface", "fa2": "flash_attn"}[name]
+        how = "3: build hopper/ from the flash-attention repo" if name == "fa3" else "2: pip install flash-attn"
         if not _importable(module):
             raise ValueError(f"arch.attn_backend={name} but `{module}` does not import: install FlashAttention "
-                             f"({'3: build hopper/ from the flash-attention repo' if name == 'fa3' else '2: pip install flash-attn'}) "
+                             f"({how}) "
                              f"or use arch.attn_backend=sdpa")
         if not flash_ok:
             raise ValueError(f"arch.attn_backend={name} needs a CUDA device and arch.forward_dtype=bfloat16: "
