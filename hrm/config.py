@@ -17,7 +17,7 @@ from hrm.data.format import DatasetMetadata
 RUNTIME_KEYS = {
     "max_steps", "wandb_mode", "device", "compile", "state_every_minutes", "eval_max_batches",
     "resources", "build", "eval_save_outputs", "checkpoint_every_eval", "project_name", "run_name",
-    "checkpoint_path", "optimizer_impl", "arch.attn_backend",
+    "checkpoint_path", "optimizer_impl", "arch.attn_backend", "arch.memory_limit_mb",
 }
 _WORDS_A = ("amber", "brisk", "calm", "daring", "eager", "fuzzy", "gentle", "hidden", "icy", "jolly", "keen",
             "lucky", "mellow", "nimble", "odd", "proud", "quiet", "rapid", "silent", "tidy", "vivid", "witty")

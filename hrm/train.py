@@ -130,6 +130,10 @@ def prepare(cfg: DictConfig, info: dist.DistInfo) -> dict:
     if cfg.arch.forward_dtype not in DTYPES:
         raise ValueError(f"arch.forward_dtype={cfg.arch.forward_dtype!r}: use bfloat16 or float32")
     resolve_attn_backend(cfg.arch.attn_backend, info.device, DTYPES[cfg.arch.forward_dtype])
+    from hrm.model.sqrt_bptt import validate_grad_settings
+
+    validate_grad_settings(cfg.arch.get("grad_mode", "one_step"), cfg.arch.get("grad_window"),
+                           cfg.arch.get("memory_limit_mb"), cfg.arch.H_cycles, cfg.arch.L_cycles)
     return {"meta": meta, "run_dir": run_dir, "has_test": has_test}
 
 
@@ -161,6 +165,17 @@ def train(cfg: DictConfig) -> int:
     torch.random.manual_seed(cfg.seed + info.rank)
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
     model = build_model(arch, meta, local_bs, info.device)
+    if arch.get("memory_limit_mb"):
+        from hrm.model.sqrt_bptt import plan_for_batch
+
+        try:  # measure one application on a real batch and choose the stretch, before anything is written
+            _, first, _ = next(iter(train_ds.train_iteration(1)))
+            plan_for_batch(model, {k: v.to(info.device) for k, v in first.items()})
+        except ValueError as e:
+            if info.is_main:
+                print(f"hrm-train: error: {e}", file=sys.stderr)
+            dist.teardown()
+            return 2
     if torch_dist.is_initialized():
         with torch.no_grad():
             for t in list(model.parameters()) + list(model.buffers()):

@@ -232,3 +232,24 @@ def test_torchrun_two_ranks_on_cpu(data, tmp_path):
     assert status["state"] == "finished" and status["step"] == 32
     evals = [r for r in metrics(run_dir) if "all/count" in r]
     assert len(evals) == 2
+
+
+@pytest.mark.parametrize("override,message", [
+    ("arch.grad_mode=backprop", "arch.grad_mode='backprop' is unknown"),
+    ("arch.grad_window=99", "grad_window"),
+])
+def test_bad_gradient_settings_one_line(data, tmp_path, override, message):
+    res = run(train_cmd(data, tmp_path / "g", "epochs=4", "eval_interval=2", "arch.grad_mode=full", override)
+              if "window" in override else train_cmd(data, tmp_path / "g", "epochs=4", "eval_interval=2", override))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not (tmp_path / "g").exists()
+
+
+def test_memory_limit_below_one_application_is_refused(data, tmp_path):
+    res = run(train_cmd(data, tmp_path / "m", "epochs=4", "eval_interval=2", "arch.grad_mode=sqrt",
+                        "arch.memory_limit_mb=0.0001"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert len(res.stderr.strip().splitlines()) == 1 and "memory" in res.stderr
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,47 @@
+"""`hrm-slurm run-local`: the same pipeline as `submit`, each stage a process on this machine.
+
+For laptops and machines without Slurm: the plan (checks, data recipe, train/eval/collect commands) is
+the one `submit` would send, so a local demo and a cluster run cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from slurm import pipeline
+from slurm.jobs import StageRun
+from slurm.profiles import RequestError
+
+EXIT_INTERRUPTED = 3  # hrm-train saved its state on a signal; re-run to resume
+
+
+def run_local(args: list[str]) -> int:
+    experiment, options, _ = pipeline.split_args(args)
+    extra = [] if "cluster" in options else ["cluster=local"]
+    p = pipeline.plan([*extra, *args], run_id=experiment or "run")
+    env = os.environ.copy()
+    env.setdefault("WANDB_MODE", p.wandb_mode or "offline")
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)))))
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")  # the venv's hrm-* commands first
+    print(f"[hrm] running {experiment or 'the pipeline'} locally; run directory {p.run_dir}", flush=True)
+    for name, why in p.skipped.items():
+        print(f"[hrm] stage {name}: skipped ({why})", flush=True)
+    for stage in p.stages:
+        argv = StageRun(stage).argv()
+        print(f"[hrm] stage {stage.name}: {shlex.join(argv)}", flush=True)
+        t0 = time.time()
+        rc = subprocess.run(argv, env={**env, **stage.env}, cwd=stage.workdir).returncode
+        print(f"[hrm] stage {stage.name} finished in {time.time() - t0:.0f} s (exit {rc})", flush=True)
+        if rc == EXIT_INTERRUPTED and stage.name == "train":
+            print("[hrm] training was interrupted and saved its state; run the same command to resume", flush=True)
+            return rc
+        if rc != 0:
+            raise RequestError(f"stage {stage.name} failed (exit {rc}); fix the error above and re-run the same "
+                               f"command (finished stages are skipped or resume)")
+    print(f"[hrm] done: results in {p.run_dir / 'results'}", flush=True)
+    return 0
