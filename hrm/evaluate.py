@@ -88,11 +88,10 @@ def _parse_args(argv: list[str]) -> dict:
 
 def run(argv: list[str]) -> int:
     from hrm.config import default_config
-    from hrm.data.format import validate_dataset
+    from hrm.data.format import atomic_write_json, validate_dataset
     from hrm.data.loader import PuzzleDataset
     from hrm.model import build_model, load_weights
     from hrm.runstate import atomic_torch_save
-    from hrm.data.format import atomic_write_json
 
     args = _parse_args(argv)
     ckpt = args.pop("checkpoint", None)

@@ -15,6 +15,11 @@ import sys
 # Modules that add commands; order is the order shown in --help.
 COMMAND_MODULES = (
     "hrm.data.sudoku",
+    "hrm.data.maze",
+    "hrm.data.arc",
+    "hrm.data.check",
+    "hrm.data.show",
+    "hrm.arc_vote",
 )
 
 
