@@ -1,0 +1,256 @@
+"""One pipeline stage -> one Slurm job: the job script's setup lines, the submitit parameters, and the
+callable that submitit runs inside the job.
+
+Everything a job does before the stage's command is in its script, visible in `hrm-slurm preview`:
+modules, the venv, OMP_NUM_THREADS, the W&B mode, and for training the rendezvous and NCCL settings.
+Secrets (WANDB_API_KEY) stay in the submitting environment, which sbatch passes on; they are never
+written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slurm.profiles import Cluster, Request
+
+SIGNAL_DELAY_S = 120  # Slurm signals the train job this long before its time limit (it may come 60 s early)
+
+
+def signal_delay(time_min: int) -> int:
+    """Seconds before the time limit for the save-and-requeue signal; half the limit for very short jobs."""
+    return min(SIGNAL_DELAY_S, max(30, time_min * 60 // 2))
+
+
+@dataclass
+class Stage:
+    """What one job runs and with which resources."""
+
+    name: str  # data | train | eval | collect
+    argv: list[str]  # the command run inside the job
+    request: Request
+    launcher: str = "single"  # single | torchrun (one task per node) | srun (one task per GPU)
+    env: dict[str, str] = field(default_factory=dict)  # extra exports, shown in the script
+    requeue: bool = False  # train: save on the time-limit / preemption signal and requeue
+    max_requeues: int = 0
+    checkpoint_path: str | None = None  # train/eval: the run directory (status.json, step_N)
+    workdir: str | None = None
+
+    @property
+    def status_file(self) -> str | None:
+        return str(Path(self.checkpoint_path) / "status.json") if self.checkpoint_path else None
+
+
+# --- the job script ---------------------------------------------------------------------------------------
+
+
+def setup_lines(cluster: Cluster, stage: Stage, venv: str | None, wandb_mode: str | None) -> list[str]:
+    """The shell lines submitit puts before `srun`: everything the job sets up, nothing hidden."""
+    lines = ["set -eo pipefail"]
+    if cluster.modules or cluster.module_use:
+        lines.append(f"# modules (cluster profile '{cluster.name}')")
+        if cluster.lmod_init:
+            inits = " ".join(shlex.quote(p) for p in cluster.lmod_init)
+            # a job submitted from a clean environment (env -i) has no `module` function: load Lmod's init
+            lines.append(
+                f"if ! type module >/dev/null 2>&1; then for f in {inits}; do "
+                f'if [ -f "$f" ]; then source "$f"; break; fi; done; fi'
+            )
+        for path in cluster.module_use:
+            lines.append(f"module use {shlex.quote(path)}")
+        if cluster.modules:
+            lines.append("module load " + " ".join(shlex.quote(m) for m in cluster.modules))
+    if venv:
+        lines.append(f"source {shlex.quote(str(Path(venv) / 'bin' / 'activate'))}")
+    req = stage.request
+    procs_per_task = req.gpus if stage.launcher == "torchrun" else 1  # torchrun starts one process per GPU
+    lines.append(f"export OMP_NUM_THREADS={max(1, req.cpus_per_task // max(1, procs_per_task))}")
+    if wandb_mode and wandb_mode != "auto":
+        lines.append(f"export WANDB_MODE={shlex.quote(wandb_mode)}")
+    if stage.launcher in ("torchrun", "srun"):
+        lines += [
+            "# rendezvous: the first node of the allocation, a port from the job id",
+            'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+            "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+            f"export WORLD_SIZE=$((SLURM_JOB_NUM_NODES * {max(1, req.gpus)}))",
+            "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1",
+            "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
+        ]
+    for k, v in {**cluster.env, **stage.env}.items():
+        lines.append(f"export {k}={shlex.quote(v)}")
+    return lines
+
+
+def submitit_parameters(
+    cluster: Cluster, stage: Stage, venv: str | None, wandb_mode: str | None, dependency: str | None = None
+) -> dict[str, Any]:
+    """The parameters given to submitit's SlurmExecutor.update_parameters for this stage."""
+    req = stage.request
+    params: dict[str, Any] = {
+        "job_name": f"hrm-{stage.name}",
+        "partition": req.partition,
+        "time": req.time_min,
+        "nodes": req.nodes,
+        "ntasks_per_node": req.tasks_per_node,
+        "cpus_per_task": req.cpus_per_task,
+        "setup": setup_lines(cluster, stage, venv, wandb_mode),
+        "stderr_to_stdout": True,
+        "signal_delay_s": signal_delay(req.time_min),
+    }
+    if req.gres:
+        params["gres"] = req.gres
+    if req.mem:
+        params["mem"] = str(req.mem)
+    if req.account:
+        params["account"] = req.account
+    if req.qos:
+        params["qos"] = req.qos
+    extra: dict[str, Any] = {}
+    if dependency:
+        params["dependency"] = dependency
+        extra["kill-on-invalid-dep"] = "yes"  # a failed stage cancels what waits on it
+    if stage.requeue:
+        extra["requeue"] = True
+    if stage.workdir:
+        extra["chdir"] = stage.workdir
+    if extra:
+        params["additional_parameters"] = extra
+    return params
+
+
+def sbatch_text(folder: Path, params: dict[str, Any], python: str = sys.executable) -> str:
+    """The exact script submitit writes for these parameters (its own generator, nothing submitted)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+# --- what runs inside the job -----------------------------------------------------------------------------
+
+
+def _ignore_usr2() -> None:
+    # Slurm sends --signal=USR2 to every process of the step. Only submitit's handler (in our parent)
+    # should act on it; the trainer is told to save through SIGUSR1/SIGTERM instead.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def latest_step(checkpoint_path: str) -> str:
+    steps = [p for p in Path(checkpoint_path).glob("step_*") if re.fullmatch(r"step_\d+", p.name)]
+    if not steps:
+        raise RuntimeError(f"no step_N checkpoint in {checkpoint_path}")
+    return str(max(steps, key=lambda p: int(p.name.split("_")[1])))
+
+
+class StageRun:
+    """The callable submitit pickles and runs in each task of the job: runs the stage's command."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"stage": self.stage, "_proc": None}
+
+    def argv(self) -> list[str]:
+        argv = list(self.stage.argv)
+        for i, a in enumerate(argv):
+            if "{latest_step}" in a:
+                argv[i] = a.replace("{latest_step}", latest_step(self.stage.checkpoint_path or "."))
+        if self.stage.launcher == "torchrun":
+            env = os.environ
+            argv = [
+                "torchrun",
+                f"--nnodes={env.get('SLURM_JOB_NUM_NODES', '1')}",
+                f"--nproc-per-node={self.stage.request.gpus}",
+                f"--node-rank={env.get('SLURM_NODEID', '0')}",
+                f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}",
+                f"--master-port={env.get('MASTER_PORT', '29500')}",
+                "--no-python",
+                *argv,
+            ]
+        return argv
+
+    def __call__(self) -> dict[str, Any]:
+        rank = int(os.environ.get("SLURM_PROCID", "0"))
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if self.stage.requeue and rank == 0 and self.stage.checkpoint_path:
+            # `hrm-slurm status` shows this after Slurm has forgotten the job
+            Path(self.stage.checkpoint_path).mkdir(parents=True, exist_ok=True)
+            (Path(self.stage.checkpoint_path) / "slurm_restarts.txt").write_text(f"{restarts}\n")
+        argv = self.argv()
+        print(f"[hrm-slurm] stage {self.stage.name} (restart {restarts}): {shlex.join(argv)}", flush=True)
+        previous = signal.getsignal(signal.SIGUSR2)
+
+        def on_usr2(signum: int, frame: Any) -> None:
+            if rank != 0:  # submitit only acts on rank 0; the other ranks' trainers must save too
+                self._stop_child()
+            elif callable(previous):
+                previous(signum, frame)  # submitit: calls self.checkpoint(), requeues, exits
+
+        if self.stage.requeue:
+            signal.signal(signal.SIGUSR2, on_usr2)
+        self._proc = subprocess.Popen(argv, preexec_fn=_ignore_usr2 if self.stage.requeue else None)
+        rc = self._wait()
+        state = self._status()
+        print(f"[hrm-slurm] stage {self.stage.name} exited with {rc}; status {state}", flush=True)
+        if rc != 0 and not (rank != 0 and state.get("state") == "interrupted"):
+            raise RuntimeError(f"stage {self.stage.name}: {argv[0]} exited with code {rc}")
+        return {"stage": self.stage.name, "returncode": rc, "status": state, "restarts": restarts}
+
+    def _wait(self, timeout: float | None = None) -> int | None:
+        # Poll with a timeout: a blocking Popen.wait() holds a lock that the signal handler's own wait needs.
+        assert self._proc is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self._proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() > deadline:
+                    return None
+
+    def _status(self) -> dict[str, Any]:
+        if not self.stage.status_file:
+            return {}
+        try:
+            return json.loads(Path(self.stage.status_file).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _stop_child(self) -> None:
+        """Ask the trainer to finish its step and save (torchrun forwards SIGTERM to its workers)."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        sig = signal.SIGTERM if self.stage.launcher == "torchrun" else signal.SIGUSR1
+        print(f"[hrm-slurm] time limit or preemption: sending {sig.name} to the trainer", flush=True)
+        self._proc.send_signal(sig)
+        if self._wait(timeout=max(10, signal_delay(self.stage.request.time_min) - 20)) is None:
+            print("[hrm-slurm] the trainer did not exit in time; requeueing anyway", flush=True)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit calls this on rank 0 at the signal: save through the trainer, then requeue (bounded)."""
+        import submitit
+
+        self._stop_child()
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if restarts >= self.stage.max_requeues:
+            print(
+                f"[hrm-slurm] not requeueing: {restarts} requeues already "
+                f"(max_requeues={self.stage.max_requeues})",
+                flush=True,
+            )
+            return None
+        print(
+            f"[hrm-slurm] requeueing (requeue {restarts + 1} of at most {self.stage.max_requeues})",
+            flush=True,
+        )
+        return submitit.helpers.DelayedSubmission(StageRun(self.stage), *args, **kwargs)

@@ -1,0 +1,170 @@
+"""`hrm-slurm` without a cluster: preview, bad input, secrets, start-up imports, launcher configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm import pipeline
+from slurm.profiles import RequestError, load_cluster, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "wandb-test-secret-0123456789abcdef"
+
+
+def run_cli(
+    args: list[str], cwd: Path, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HRM_SLURM_HOME": str(cwd / "home"), **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "slurm.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path):
+    """A PATH where sbatch/srun only record that they were called: nothing may reach them on bad input."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    marker = tmp_path / "sbatch_called"
+    for name in ("sbatch", "srun"):
+        (bindir / name).write_text(f"#!/bin/sh\necho called >> {marker}\necho 'Submitted batch job 1'\n")
+        (bindir / name).chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, marker
+
+
+def test_import_and_help_do_not_import_torch():
+    code = "import sys, slurm.cli, slurm.profiles, slurm.jobs, slurm.pipeline; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )
+    code = (
+        "import sys, runpy\nsys.argv=['hrm-slurm','--help']\n"
+        "try:\n runpy.run_module('slurm.cli', run_name='__main__')\n"
+        "except SystemExit: pass\nprint('TORCH', 'torch' in sys.modules, 'hydra' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert "submit" in out and "TORCH False False" in out
+
+
+def test_preview_shows_scripts_parameters_and_service_units(tmp_path):
+    r = run_cli(
+        ["preview", "+experiment=arc1", "cluster=savio", "account=fc_test", "time=1-00:00:00"],
+        tmp_path,
+        {"WANDB_API_KEY": SECRET},
+    )
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for stage in ("data", "train", "eval", "collect"):
+        assert f"# ===== stage {stage}" in out
+    assert "#SBATCH --gres=gpu:A5000:8" in out and "#SBATCH --cpus-per-task=32" in out
+    assert "#SBATCH --partition=savio4_gpu" in out and "#SBATCH --account=fc_test" in out
+    assert "module load python/3.11.6-gcc-11.4.0 cuda/12.6.0" in out
+    assert "export MASTER_ADDR=" in out and "torchrun" in out
+    assert "export WANDB_MODE=online" in out  # a key is configured, so auto means online
+    assert SECRET not in out and SECRET not in r.stderr
+    assert "Service Units" in out and "3,586.6" in out  # 32 cores x 24 h x 4.67 SU
+    assert "Nothing submitted" in out
+    assert not (tmp_path / "home").exists()
+
+
+def test_plan_chains_stages_and_uses_the_experiment_resources(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = pipeline.plan(["+experiment=arc1", "cluster=savio", "account=fc_x", "lr=7e-5", "launcher=srun"])
+    names = [s.name for s in p.stages]
+    assert names == ["data", "train", "eval", "collect"]
+    train = p.stages[1]
+    assert train.request.gpus == 8 and train.request.tasks_per_node == 8 and train.request.cpus_per_task == 4
+    assert "lr=7e-5" in train.argv and f"checkpoint_path={p.run_dir}" in train.argv
+    assert p.stages[0].argv[:4] == ["hrm-data", "build", "arc", "--output-dir"]
+    params = p.parameters(train, "afterok:1")
+    assert (
+        params["dependency"] == "afterok:1"
+        and params["additional_parameters"]["kill-on-invalid-dep"] == "yes"
+    )
+    assert params["ntasks_per_node"] == 8
+
+
+def test_existing_dataset_skips_the_data_stage(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "test"):
+        (tmp_path / "d" / split).mkdir(parents=True)
+        (tmp_path / "d" / split / "dataset.json").write_text("{}")
+    monkeypatch.setattr(pipeline, "dataset_ready", lambda path: (True, f"dataset at {path} checks out"))
+    p = pipeline.plan(["+experiment=sudoku_demo", "cluster=local", f"data_path={tmp_path / 'd'}"])
+    assert [s.name for s in p.stages] == ["train", "eval", "collect"]
+    assert "checks out" in p.skipped["data"]
+
+
+BAD_INPUT = [
+    (["cluster=nowhere"], "unknown cluster 'nowhere'"),
+    (["cluster=savio", "account=fc_x", "partition=savio9_gpu"], "unknown partition 'savio9_gpu'"),
+    (
+        ["cluster=savio", "account=fc_x", "gpus=1", "gpu_type=V100", "partition=savio4_gpu"],
+        "unknown GPU type 'V100'",
+    ),
+    (["cluster=local", "gpu_type=A5000"], "gpu_type=A5000 but gpus=0"),
+    (["cluster=local", "partition=savio4_gpu", "gpus=6"], "node has 4"),
+    (["cluster=local", "partition=savio4_gpu", "gpus=2", "cpus_per_gpu=3"], "cpus_per_gpu=3 breaks"),
+    (["cluster=local", "time=4-00:00:00"], "over the savio3_htc limit"),
+    (["cluster=savio", "partition=savio4_gpu", "gpus=1"], "needs an account"),
+    (["cluster=local", "qos=savio_lowprio"], "QoS 'savio_lowprio' is not allowed"),
+    (["cluster=local", "launcher=mpi", "gpus=2", "partition=savio4_gpu"], "launcher=mpi"),
+    (["+experiment=nope", "cluster=local"], "unknown experiment 'nope'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_bad_input_is_one_line_and_nothing_is_submitted(tmp_path, fake_sbatch, args, message):
+    env, marker = fake_sbatch
+    if not any(a.startswith("+experiment") for a in args):
+        args = ["+experiment=sudoku_demo", *args]
+    r = run_cli(["submit", *args], tmp_path, env)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "fix" in lines[0], r.stderr
+    assert not marker.exists()
+
+
+def test_split_args_separates_slurm_keys_from_training_overrides():
+    exp, opt, over = pipeline.split_args(
+        ["experiment=arc1", "gpus=2", "lr=1e-4", "+foo=1", "arch.hidden_size=64"]
+    )
+    assert exp == "arc1" and opt == {"gpus": "2"} and over == ["lr=1e-4", "+foo=1", "arch.hidden_size=64"]
+    with pytest.raises(RequestError, match="not key=value"):
+        pipeline.split_args(["gpus"])
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs" / "hydra" / "launcher").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_launcher_configs_obey_their_cluster_profile(path):
+    cfg = yaml.safe_load(path.read_text())
+    assert "submitit_slurm" in cfg["defaults"]
+    cluster = load_cluster("local" if path.stem == "local" else "savio")
+    gres = cfg.get("gres")
+    gpus = int(gres.split(":")[-1]) if gres else 0
+    gpu_type = gres.split(":")[1] if gres else None
+    req = resolve(
+        cluster,
+        partition=cfg["partition"],
+        gpus=gpus,
+        gpu_type=gpu_type,
+        account="fc_x",
+        cpus_per_gpu=cfg["cpus_per_task"] // gpus if gpus else None,
+        cpus=cfg["cpus_per_task"],
+        time=cfg["timeout_min"],
+    )
+    assert req.cpus_per_task == cfg["cpus_per_task"]
+    assert any("OMP_NUM_THREADS" in line for line in cfg["setup"])
+    assert any("WANDB_MODE" in line for line in cfg["setup"])
