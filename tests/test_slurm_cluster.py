@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,10 +194,13 @@ def test_time_limit_requeues_and_resumes_to_the_same_weights(slurm_cluster, slur
     train_stage = next(s for s in rec["stages"] if s["name"] == "train")
     run = Path(rec["run_dir"])
     reference = slurm_home / "reference"  # the same training, uninterrupted, outside Slurm
+    # CPU matmuls round differently with another thread count: run the reference with the job's own.
+    script = next((run / "slurm" / "train").glob("*_submission.sh")).read_text()
+    threads = re.search(r"^export OMP_NUM_THREADS=(\d+)$", script, re.M).group(1)
     ref = subprocess.Popen(
         [hrm("hrm-train"), "+experiment=sudoku_demo", *train, f"checkpoint_path={reference}"],
         cwd=slurm_home,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": threads},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
