@@ -206,7 +206,10 @@ def plan(args: list[str], *, run_id: str | None = None) -> Plan:
     run_id = run_id or f"{experiment or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     runs_dir = _expand(opt.get("runs_dir") or cluster.runs_dir)
     run_dir = _expand(str(cfg["checkpoint_path"])) if cfg.get("checkpoint_path") else runs_dir / run_id
-    data_path = _expand(str(cfg.get("data_path") or "data"))
+    data_raw = os.path.expanduser(str(cfg.get("data_path") or "data"))
+    if cluster.data_dir and not os.path.isabs(data_raw):
+        data_raw = os.path.join(cluster.data_dir, data_raw)
+    data_path = _expand(data_raw)
     venv = opt.get("venv") or (sys.prefix if sys.prefix != sys.base_prefix else None)
     max_requeues = int(opt.get("max_requeues", DEFAULT_MAX_REQUEUES))
     workdir = str(Path.cwd())

@@ -61,6 +61,7 @@ class Cluster:
     default_account: str | None = None
     scratch: str | None = None
     runs_dir: str = "runs"
+    data_dir: str | None = None  # where a relative data_path lands (home quotas are small on clusters)
     lmod_init: tuple[str, ...] = ()
     module_use: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
@@ -252,6 +253,7 @@ def _build(name: str, d: dict[str, Any], source: str) -> Cluster:
         default_account=d.get("default_account"),
         scratch=d.get("scratch"),
         runs_dir=d.get("runs_dir") or "runs",
+        data_dir=d.get("data_dir"),
         lmod_init=tuple(d.get("lmod_init") or ()),
         module_use=tuple(d.get("module_use") or ()),
         modules=tuple(d.get("modules") or ()),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from slurm import profiles
@@ -122,3 +124,18 @@ def test_service_units_follow_the_partition_rate():
     assert profiles.service_units(savio, req) == pytest.approx(32 * 10 * 4.67)
     one = resolve(savio, partition="savio4_gpu", gpus=1, account="fc_x", time="01:00:00")
     assert profiles.service_units(savio, one) == pytest.approx(18.68)  # BRC's "18.68 / GPU" for an A5000
+
+
+def test_relative_data_path_lands_in_the_cluster_data_dir(tmp_path, monkeypatch):
+    """On Savio a relative data_path must not fill the small home quota: it resolves under data_dir."""
+    from slurm import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("USER", "alice")
+    p = pipeline.plan(["+experiment=arc1", "cluster=savio", "account=fc_x"])
+    assert p.data_path == Path("/global/scratch/users/alice/hrm-savio/data/arc-aug-1000")
+    assert f"data_path={p.data_path}" in p.stages[1].argv
+    absolute = pipeline.plan(["+experiment=arc1", "cluster=savio", "account=fc_x", f"data_path={tmp_path}/d"])
+    assert absolute.data_path == tmp_path / "d"
+    local = pipeline.plan(["+experiment=sudoku_demo", "cluster=local"])  # no data_dir: the working directory
+    assert local.data_path == tmp_path / "data" / "sudoku-demo"
