@@ -99,6 +99,44 @@ def _reduce_train_metrics(metrics: dict, global_batch_size: int, info: dist.Dist
     return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in row.items()}
 
 
+def build_optimizers(model: torch.nn.Module, cfg: DictConfig,
+                     world_size: int) -> tuple[list[torch.optim.Optimizer], list[float]]:
+    """SignSGD for the sparse puzzle table (when there is one), then AdamATan2, each with its base lr;
+    the lrs start at 0 because every step sets them from the schedule."""
+    from hrm.optim import AdamATan2, SparseEmbeddingSignSGD
+
+    optimizers, base_lrs = [], []
+    if cfg.arch.puzzle_emb_ndim > 0:
+        optimizers.append(SparseEmbeddingSignSGD(model.model.puzzle_emb.buffers(), lr=0,
+                                                 weight_decay=cfg.puzzle_emb_weight_decay, world_size=world_size))
+        base_lrs.append(cfg.puzzle_emb_lr)
+    optimizers.append(AdamATan2(model.parameters(), lr=0, weight_decay=cfg.weight_decay,
+                                betas=(cfg.beta1, cfg.beta2), impl=cfg.optimizer_impl))
+    base_lrs.append(cfg.lr)
+    return optimizers, base_lrs
+
+
+def train_step(step_model: torch.nn.Module, carry, batch: dict[str, torch.Tensor],
+               optimizers: list[torch.optim.Optimizer], lrs: list[float], global_batch_size: int) -> tuple:
+    """One optimizer step (the reference's train_batch): one ACT segment with its target-Q forward, backward
+    of loss / global batch, gradients summed over ranks, then each optimizer at its lr. Returns (carry, metrics).
+
+    A function of its own so that bench/train_throughput.py times exactly this.
+    """
+    carry, loss, metrics, _, _ = step_model(carry=carry, batch=batch, return_keys=())
+    ((1 / global_batch_size) * loss).backward()
+    if torch_dist.is_initialized():
+        for p in step_model.parameters():
+            if p.grad is not None:
+                torch_dist.all_reduce(p.grad)
+    for opt, lr in zip(optimizers, lrs):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        opt.zero_grad()
+    return carry, metrics
+
+
 def _broadcast_names(cfg: DictConfig, info: dist.DistInfo) -> tuple[str, str, str]:
     names = [auto_names(cfg) if info.is_main else None]
     if torch_dist.is_initialized():
@@ -142,7 +180,7 @@ def train(cfg: DictConfig) -> int:
     from hrm.data.loader import total_steps as compute_total_steps
     from hrm.evaluate import evaluate, metrics_table
     from hrm.model import build_model, num_params
-    from hrm.optim import AdamATan2, SparseEmbeddingSignSGD, cosine_schedule_with_warmup_lr
+    from hrm.optim import cosine_schedule_with_warmup_lr
 
     info = dist.setup(cfg.device)
     try:
@@ -180,14 +218,7 @@ def train(cfg: DictConfig) -> int:
         with torch.no_grad():
             for t in list(model.parameters()) + list(model.buffers()):
                 torch_dist.broadcast(t, src=0)
-    optimizers, base_lrs = [], []
-    if arch["puzzle_emb_ndim"] > 0:
-        optimizers.append(SparseEmbeddingSignSGD(model.model.puzzle_emb.buffers(), lr=0,
-                                                 weight_decay=cfg.puzzle_emb_weight_decay, world_size=info.world_size))
-        base_lrs.append(cfg.puzzle_emb_lr)
-    optimizers.append(AdamATan2(model.parameters(), lr=0, weight_decay=cfg.weight_decay,
-                                betas=(cfg.beta1, cfg.beta2), impl=cfg.optimizer_impl))
-    base_lrs.append(cfg.lr)
+    optimizers, base_lrs = build_optimizers(model, cfg, info.world_size)
 
     pos, carry = Position(), None
     state = runstate.load_state(run_dir, info, map_location=info.device)
@@ -245,25 +276,14 @@ def train(cfg: DictConfig) -> int:
                 batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
                 if carry is None:
                     carry = model.initial_carry(batch)
-                carry, loss, metrics, _, _ = step_model(carry=carry, batch=batch, return_keys=())
-                ((1 / gbs) * loss).backward()
-                if torch_dist.is_initialized():
-                    for p in model.parameters():
-                        if p.grad is not None:
-                            torch_dist.all_reduce(p.grad)
+                lrs = [cosine_schedule_with_warmup_lr(pos.step + 1, base_lr, cfg.lr_warmup_steps, total_steps,
+                                                      cfg.lr_min_ratio) for base_lr in base_lrs]
+                carry, metrics = train_step(step_model, carry, batch, optimizers, lrs, gbs)
                 pos.step += 1
                 pos.batch += 1
-                lr = 0.0
-                for opt, base_lr in zip(optimizers, base_lrs):
-                    lr = cosine_schedule_with_warmup_lr(pos.step, base_lr, cfg.lr_warmup_steps, total_steps,
-                                                        cfg.lr_min_ratio)
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-                    opt.step()
-                    opt.zero_grad()
                 reduced = _reduce_train_metrics(metrics, gbs, info)
                 if reduced is not None:
-                    reduced["train/lr"] = lr
+                    reduced["train/lr"] = lrs[-1]
                     tracker.log(reduced, step=pos.step)
                     reporter.update(pos.step, reduced, gbs)
                 if dist.all_reduce_flag(stop.requested, info.device):
