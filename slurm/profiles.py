@@ -159,8 +159,9 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
-def _raw_profiles() -> dict[str, tuple[dict[str, Any], str]]:
-    found: dict[str, tuple[dict[str, Any], str]] = {}
+def _raw_profiles() -> dict[str, list[tuple[dict[str, Any], str]]]:
+    """Every profile file by name, lowest priority first: a user's savio.yaml layers over the packaged one."""
+    found: dict[str, list[tuple[dict[str, Any], str]]] = {}
     for d in search_dirs():
         if not d.is_dir():
             continue
@@ -173,7 +174,7 @@ def _raw_profiles() -> dict[str, tuple[dict[str, Any], str]]:
                 ) from None
             if not isinstance(data, dict):
                 raise RequestError(f"cluster profile {path} must be a mapping; fix the file")
-            found[str(data.get("name") or path.stem)] = (data, str(path))
+            found.setdefault(str(data.get("name") or path.stem), []).append((data, str(path)))
     return found
 
 
@@ -188,6 +189,23 @@ def known_clusters() -> list[str]:
     return sorted(_raw_profiles())
 
 
+def _flatten(raw: dict[str, list[tuple[dict[str, Any], str]]], name: str, level: int,
+             seen: set[tuple[str, int]]) -> dict[str, Any]:
+    """The profile `name` as its file at `level` sees it: `extends: X` merges it over X, and a file that
+    extends its own name merges over the same-named file below it (~/.config/.../savio.yaml over savio)."""
+    data, source = raw[name][level]
+    parent = data.get("extends")
+    if not parent:
+        return data
+    parent = str(parent)
+    parent_level = level - 1 if parent == name else len(raw.get(parent, [])) - 1
+    if parent_level < 0 or (parent, parent_level) in seen:
+        raise RequestError(f"cluster profile {source}: cannot extend '{parent}'; fix its 'extends:' key")
+    seen.add((parent, parent_level))
+    child = {k: v for k, v in data.items() if k != "extends"}
+    return _merge(_flatten(raw, parent, parent_level, seen), child)
+
+
 def load_cluster(name: str) -> Cluster:
     raw = _raw_profiles()
     if name not in raw:
@@ -195,16 +213,8 @@ def load_cluster(name: str) -> Cluster:
             f"unknown cluster '{name}' (known: {', '.join(sorted(raw))}); "
             f"fix: cluster=NAME, or add {search_dirs()[1]}/{name}.yaml"
         )
-    data, source = raw[name]
-    seen = {name}
-    while data.get("extends"):  # a user file may extend a packaged profile and change a few keys
-        parent = str(data["extends"])
-        if parent in seen or parent not in raw:
-            raise RequestError(f"cluster profile {source}: cannot extend '{parent}'; fix its 'extends:' key")
-        seen.add(parent)
-        child = {k: v for k, v in data.items() if k != "extends"}
-        data = _merge(raw[parent][0], child)
-    return _build(name, data, source)
+    top = len(raw[name]) - 1
+    return _build(name, _flatten(raw, name, top, {(name, top)}), raw[name][top][1])
 
 
 def _opt_time(value: Any) -> int | None:

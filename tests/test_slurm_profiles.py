@@ -139,3 +139,21 @@ def test_relative_data_path_lands_in_the_cluster_data_dir(tmp_path, monkeypatch)
     assert absolute.data_path == tmp_path / "d"
     local = pipeline.plan(["+experiment=sudoku_demo", "cluster=local"])  # no data_dir: the working directory
     assert local.data_path == tmp_path / "data" / "sudoku-demo"
+
+
+def test_a_user_file_can_override_savio_under_its_own_name(tmp_path, monkeypatch):
+    """What savio.yaml's header recommends: ~/.config/hrm-savio/clusters/savio.yaml with `extends: savio`."""
+    user = tmp_path / "config" / "hrm-savio" / "clusters"
+    user.mkdir(parents=True)
+    (user / "savio.yaml").write_text("name: savio\nextends: savio\nmodules: [python/3.12.1, cuda/12.8.0]\n")
+    (user / "lab.yaml").write_text("name: lab\nextends: savio\ndefault_account: co_lab\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    savio = load_cluster("savio")
+    assert savio.modules == ("python/3.12.1", "cuda/12.8.0")
+    assert savio.partitions["savio4_gpu"].gpu_types["A5000"].per_node == 8  # the rest comes from the package
+    assert savio.source.endswith("config/hrm-savio/clusters/savio.yaml")
+    lab = load_cluster("lab")  # extends the user's savio, which extends the packaged one
+    assert lab.modules == ("python/3.12.1", "cuda/12.8.0") and lab.default_account == "co_lab"
+    (user / "loop.yaml").write_text("name: loop\nextends: loop\n")  # nothing below it to extend
+    with pytest.raises(RequestError, match="cannot extend 'loop'"):
+        load_cluster("loop")
