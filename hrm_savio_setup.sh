@@ -1,107 +1,113 @@
 #!/usr/bin/env bash
-# hrm_savio_setup.sh: the front door. Thin: it builds the environment, then delegates to
-# hrm-data / hrm-train / hrm-evaluate / hrm-slurm. Run `./hrm_savio_setup.sh help`.
+# hrm_savio_setup.sh: the front door. Thin: it checks the request, makes the environment (envs/), then
+# hands over to hrm-slurm (which runs hrm-data / hrm-train / hrm-evaluate). Run `./hrm_savio_setup.sh help`.
 set -euo pipefail
 
+START_DIR="$PWD"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
-TORCH_VERSION="${HRM_TORCH_VERSION:-2.13.0}"
-CUDA_INDEX="${HRM_TORCH_INDEX:-https://download.pytorch.org/whl/cu126}"
-EXPERIMENTS="sudoku_demo sudoku_full maze arc1 arc2"
-STEP="start"
+ACTIONS="setup data train eval both status logs collect test help"
+STEP=""     # named in the error line when a step fails
+DIED=""     # die() has already said what went wrong and how to fix it
+KERNEL=0
 
-say() { printf '\033[1m[hrm]\033[0m %s\n' "$*"; }
-die() { printf '\033[31m[hrm] error:\033[0m %s\n' "$*" >&2; exit 1; }
-trap 'rc=$?; [ $rc -ne 0 ] && printf "\033[31m[hrm] step \"%s\" failed (exit %s); fix the message above and re-run the same command\033[0m\n" "$STEP" "$rc" >&2' EXIT
+if [ -t 1 ]; then BOLD=$'\033[1m' RED=$'\033[31m' PLAIN=$'\033[0m'; else BOLD="" RED="" PLAIN=""; fi
+say() { printf '%s[hrm]%s %s\n' "$BOLD" "$PLAIN" "$*"; }
+die() {
+  printf '%s[hrm] error%s:%s %s\n' "$RED" "${STEP:+ in step \"$STEP\"}" "$PLAIN" "$*" >&2
+  DIED=1; exit 1
+}
+on_exit() {
+  local rc=$?
+  [ "$rc" -ne 0 ] || return 0
+  if [ -n "${NEW_VENV:-}" ]; then rm -rf "$NEW_VENV"; say "removed the half-made environment $NEW_VENV"; fi
+  [ -n "$DIED" ] || printf '%s[hrm] step "%s" failed (exit %s); fix the error above and re-run the same command%s\n' \
+    "$RED" "${STEP:-start}" "$rc" "$PLAIN" >&2
+}
+trap on_exit EXIT
+
+# shellcheck source=envs/modules.sh
+source "$ROOT/envs/modules.sh"
+# shellcheck source=envs/venv.sh
+source "$ROOT/envs/venv.sh"
 
 usage() {
   cat <<'EOF'
-Usage: ./hrm_savio_setup.sh ACTION [EXPERIMENT] [--local] [-- extra overrides]
+Usage: ./hrm_savio_setup.sh ACTION [EXPERIMENT] [--local] [--kernel] [KEY=VALUE ...]
 
 Actions:
-  setup              create or update the Python environment (idempotent)
-  both EXPERIMENT    setup, then the whole pipeline: data -> train -> eval -> results
-                     (Slurm jobs where sbatch exists, else locally on this machine's CPU/GPU)
-  test               setup, start a local Slurm (root, Debian), run the whole test suite
-  help               this text
+  setup               create or update the Python environment; a second run changes nothing
+  data EXPERIMENT     build the experiment's dataset
+  train EXPERIMENT    train on it (the dataset must exist)
+  eval EXPERIMENT     evaluate the experiment's latest checkpoint
+  both EXPERIMENT     setup, then the whole pipeline: data -> train -> eval -> results
+  status              the state of the submitted pipelines' jobs
+  logs [STAGE] [-f]   a stage's log (data, train, eval, collect; default train), -f to follow
+  collect [RUN ...]   gather metrics and evaluations into ./results (table, CSV, plots)
+  test                setup, start a local Slurm (root, Debian), run the whole test suite
+  help                this text
+
+data, train, eval and both run setup first (a no-op when done), then submit Slurm jobs where `sbatch`
+exists, else (or with --local) run on this machine. KEY=VALUE goes to hrm-slurm: Slurm keys (gpus=4
+time=12:00:00 qos=savio_debug ...) or training overrides (lr=7e-5 epochs=100 ...). --kernel: also
+register the Jupyter kernel "HRM (hrm-savio)" (always done on a cluster, for Open OnDemand).
 
 Experiments:
   name          GPUs  data                                   expected runtime
-  sudoku_demo   0-1   1000 Sudoku (hub or generated) x 9     ~5 min on a laptop CPU
+  sudoku_demo   0     1000 Sudoku (hub or generated) x 9     ~4 min on 2 CPU cores
   sudoku_full   1     Sudoku-Extreme 1k x 1000 aug           ~1-1.5 h on 1 H100/H200
   maze          4     Maze-Hard 30x30, 1000 mazes            ~2 h on 4 GPUs
   arc1          8     ARC-AGI-1 + ConceptARC x 1000 aug      ~24 h on 8 GPUs
   arc2          8     ARC-AGI-2 x 1000 aug                   ~24 h on 8 GPUs
 
-Environment: HRM_VENV (venv path; default .venv here, scratch on Savio), WANDB_API_KEY (never written
-to any file by this tool), SAVIO_ACCOUNT, SAVIO_QOS, SAVIO_PARTITION, SAVIO_EMAIL.
+Environment:
+  SAVIO_ACCOUNT    the Slurm account jobs are charged to, e.g. fc_myproject (required on Savio)
+  SAVIO_QOS        QoS, e.g. savio_debug for a short test (default savio_normal)
+  SAVIO_PARTITION  the training partition (default: the first with enough GPUs per node)
+  SAVIO_EMAIL      mail when a job fails and when the last one ends
+  HRM_VENV         the venv (default .venv here; /global/scratch/users/$USER/hrm-savio/venv on Savio)
+  HRM_CLUSTER      the cluster profile in slurm/clusters/ (default savio on Savio, else local)
+  HRM_TORCH        cpu or cu126 (default cu126 on a cluster or with nvidia-smi, else cpu)
+  WANDB_API_KEY    log to W&B online; never printed nor written to a file by this tool
 EOF
 }
 
-on_cluster() { [ -n "${SLURM_CLUSTER_NAME:-}" ] || [ -d /global/scratch ] ; }
-
-venv_path() {
-  if [ -n "${HRM_VENV:-}" ]; then echo "$HRM_VENV"
-  elif [ -d "/global/scratch/users/${USER:-nobody}" ]; then echo "/global/scratch/users/$USER/hrm-savio/venv"
-  else echo "$ROOT/.venv"; fi
+experiments() {
+  local f names=""
+  for f in "$ROOT"/configs/experiment/*.yaml; do names+="${names:+ }$(basename "$f" .yaml)"; done
+  echo "$names"
 }
 
-pick_python() {
-  local py
-  for py in "${HRM_PYTHON:-}" python3.11 python3.12 python3.13 python3; do
-    [ -n "$py" ] || continue
-    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-      command -v "$py"; return 0
-    fi
-  done
-  die "no Python >= 3.11 found: on Savio run 'module load python/3.11.6-gcc-11.4.0', elsewhere install python3.11"
+# the cluster profile: HRM_CLUSTER, else savio where Savio's scratch exists (as hrm-slurm decides), else local
+detect_cluster() {
+  if [ -n "${HRM_CLUSTER:-}" ]; then echo "$HRM_CLUSTER"
+  elif [ -d /global/scratch/users ]; then echo savio
+  else echo local; fi
 }
 
-# The venv is complete only when its marker holds the hash of what was asked for; a venv without it
-# (an interrupted setup) is rebuilt, never used half-installed.
-setup() {
-  STEP="setup"
-  local venv py want marker
-  venv="$(venv_path)"; py="$(pick_python)"
-  want="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')|torch=$TORCH_VERSION|$(cat pyproject.toml | sha256sum | cut -c1-16)"
-  marker="$venv/.hrm-setup-complete"
-  if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ]; then
-    say "environment $venv is up to date ($want); nothing to do"; return 0
-  fi
-  if [ -x "$venv/bin/python" ]; then
-    local have; have="$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo broken)"
-    if [ "$have" != "${want%%|*}" ]; then
-      die "$venv was made by Python $have but $py is ${want%%|*}: remove it (rm -rf $venv) or set HRM_PYTHON to the Python $have"
-    fi
-  fi
-  if [ -d "$venv" ] && [ ! -f "$marker" ]; then
-    say "removing incomplete environment $venv (an earlier setup was interrupted)"; rm -rf "$venv"
-  fi
-  [ -d "$venv" ] || { say "creating venv $venv with $py"; mkdir -p "$(dirname "$venv")"; "$py" -m venv "$venv"; }
-  rm -f "$marker"
-  local pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
-  if command -v nvidia-smi >/dev/null 2>&1 || on_cluster; then
-    say "installing torch $TORCH_VERSION (CUDA 12.6 build)"
-    "${pip[@]}" "torch==$TORCH_VERSION" --index-url "$CUDA_INDEX" || die "torch CUDA install failed: check the network from this node (login nodes have it) or set HRM_TORCH_INDEX"
+# install_test_tools: what the test suite needs that pip cannot install (Debian, as root; only when missing)
+install_test_tools() {
+  local missing=() tool
+  for tool in shellcheck ruby; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${missing[*]} (apt-get)"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}"; } >/dev/null \
+      || die "apt-get install ${missing[*]} failed; fix: check the network and apt sources, then re-run"
   else
-    say "installing torch $TORCH_VERSION (CPU build)"
-    "${pip[@]}" "torch==$TORCH_VERSION" || die "torch install failed: check pip's network access or set HRM_TORCH_VERSION"
+    say "note: ${missing[*]} missing and not installable here (needs root and apt-get): the tests that use them skip"
   fi
-  say "installing hrm-savio and its dependencies"
-  "${pip[@]}" -e ".[dev]" || die "pip install -e . failed: see the pip error above"
-  printf '%s' "$want" > "$marker"
-  say "environment ready: $venv"
 }
-
-activate() { local venv; venv="$(venv_path)"; export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"; }
 
 run_tests() {
-  setup; activate
-  STEP="test"
+  setup_env; activate_env
+  STEP="install test tools"
+  install_test_tools
   local stop_cluster=""
   if [ "${HRM_TEST_SLURM:-1}" = "1" ] && [ -f tests/cluster/slurm_local_start.sh ]; then
     STEP="start local slurm"
-    bash tests/cluster/slurm_local_start.sh || die "the local Slurm cluster did not start (see above); set HRM_TEST_SLURM=0 to run without it"
+    bash tests/cluster/slurm_local_start.sh || die "the local Slurm cluster did not start (see above); fix it, or HRM_TEST_SLURM=0 to test without it"
     stop_cluster=1
     export HRM_TEST_SLURM=1
   else
@@ -114,36 +120,89 @@ run_tests() {
   return $rc
 }
 
-both() {
-  local exp="${1:-}"; shift || true
-  [ -n "$exp" ] || die "both needs an EXPERIMENT: one of $EXPERIMENTS"
-  case " $EXPERIMENTS " in *" $exp "*) ;; *) die "unknown experiment '$exp': choose one of $EXPERIMENTS";; esac
-  setup; activate
-  STEP="pipeline $exp"
-  local mode=slurm
-  if ! command -v sbatch >/dev/null 2>&1 || [ "${LOCAL:-0}" = 1 ]; then mode=local; fi
+# pipeline ACTION EXPERIMENT LOCAL ARGS...: data, train, eval or both, as Slurm jobs or on this machine.
+pipeline() {
+  local action="$1" exp="$2" local_run="$3"; shift 3
+  local mode=slurm stages=() savio=()
+  if [ "$local_run" = 1 ] || ! command -v sbatch >/dev/null 2>&1; then mode=local; fi
+  [ "$action" = both ] || stages=("stages=$action")
+  # everything that can be refused is refused here, before anything is installed or submitted
   if [ "$mode" = slurm ]; then
-    hrm-slurm submit "+experiment=$exp" "$@"
+    if [ "$CLUSTER" = savio ] && [ -z "${SAVIO_ACCOUNT:-}" ] && [[ " $* " != *" account="* ]]; then
+      die "SAVIO_ACCOUNT is not set; fix: export SAVIO_ACCOUNT=fc_yourproject (yours: sacctmgr -p show associations user=\$USER)"
+    fi
+    # explicit KEY=VALUE arguments come later and win
+    [ -z "${SAVIO_ACCOUNT:-}" ] || savio+=("account=$SAVIO_ACCOUNT")
+    [ -z "${SAVIO_QOS:-}" ] || savio+=("qos=$SAVIO_QOS")
+    [ -z "${SAVIO_PARTITION:-}" ] || savio+=("partition=$SAVIO_PARTITION")
+    [ -z "${SAVIO_EMAIL:-}" ] || savio+=("mail=$SAVIO_EMAIL")
+  elif [ "$CLUSTER" != local ] && [ -z "${SLURM_JOB_ID:-}" ] && [ "$action" != data ]; then
+    die "$action $exp would run on this login node; fix: let Slurm run it (./hrm_savio_setup.sh $action $exp, without --local), or get a compute node first (srun -A \$SAVIO_ACCOUNT -p savio4_gpu --gres=gpu:A5000:1 -c 4 -t 2:00:00 --pty bash)"
+  fi
+  setup_env; activate_env
+  if [ "$mode" = slurm ]; then
+    STEP="submit $action $exp"
+    hrm-slurm submit "+experiment=$exp" "${stages[@]+"${stages[@]}"}" "${savio[@]+"${savio[@]}"}" "$@"
+    say "submitted; follow it with ./hrm_savio_setup.sh status and ./hrm_savio_setup.sh logs -f"
   else
-    say "no Slurm here (or --local): running $exp on this machine"
-    hrm-slurm run-local "+experiment=$exp" "$@"
+    STEP="$action $exp (on this machine)"
+    say "no Slurm here (or --local): running $action $exp on this machine"
+    hrm-slurm run-local "+experiment=$exp" "${stages[@]+"${stages[@]}"}" "$@"
   fi
 }
 
 main() {
-  local action="${1:-help}"; shift || true
-  local args=()
-  LOCAL=0
-  for a in "$@"; do
-    if [ "$a" = "--local" ]; then LOCAL=1; else args+=("$a"); fi
-  done
+  local action="${1:-help}"; [ $# -eq 0 ] || shift
   case "$action" in
-    setup) setup ;;
-    test) run_tests "${args[@]+"${args[@]}"}" ;;
-    both) both "${args[@]+"${args[@]}"}" ;;
-    help|-h|--help) usage ;;
-    *) usage >&2; die "unknown action '$action': see the list above" ;;
+    help|-h|--help) usage; return 0 ;;
+    setup|data|train|eval|both|status|logs|collect|test) ;;
+    *) die "unknown action '$action'; fix: one of: $ACTIONS (./hrm_savio_setup.sh help)" ;;
   esac
+  CLUSTER="$(detect_cluster)"
+  export HRM_CLUSTER="$CLUSTER"  # hrm-slurm then picks the same profile
+  case "$action" in
+    test) run_tests "$@"; return ;;
+    status) activate_env; STEP="status"; hrm-slurm status "$@"; return ;;
+    logs)
+      activate_env; STEP="logs"
+      local a stage_given=""
+      for a in "$@"; do case "$a" in -*) ;; *) stage_given=1 ;; esac; done
+      if [ -n "$stage_given" ]; then hrm-slurm logs "$@"; else hrm-slurm logs train "$@"; fi
+      return ;;
+    collect)
+      activate_env; STEP="collect"
+      local only_local=0 rest=() runs_dir
+      for a in "$@"; do if [ "$a" = --local ]; then only_local=1; else rest+=("$a"); fi; done
+      if [ ${#rest[@]} -eq 0 ] && { [ "$only_local" = 1 ] || ! command -v sbatch >/dev/null 2>&1; }; then
+        # without Slurm nothing is recorded: gather the runs that run-local made
+        runs_dir="$(profile_get "$ROOT/slurm/clusters/local.yaml" runs_dir)"
+        rest=("$runs_dir"/*/)
+        [ -d "${rest[0]}" ] || die "no runs in $runs_dir/ to collect yet; fix: ./hrm_savio_setup.sh both EXPERIMENT --local"
+      fi
+      hrm-slurm collect "${rest[@]+"${rest[@]}"}"; return ;;
+  esac
+  # setup, data, train, eval, both: [EXPERIMENT] [--local] [--kernel] [KEY=VALUE ...]
+  local exp="" local_run=0 args=() a
+  for a in "$@"; do
+    case "$a" in
+      --local) local_run=1 ;;
+      --kernel) KERNEL=1 ;;
+      --) ;;
+      -h|--help) usage; return 0 ;;
+      -*) die "unknown option '$a'; fix: --local, --kernel, or KEY=VALUE arguments" ;;
+      *=*) args+=("$a") ;;
+      *) [ -z "$exp" ] || die "unexpected argument '$a'; fix: one EXPERIMENT, then KEY=VALUE arguments"; exp="$a" ;;
+    esac
+  done
+  if [ "$action" = setup ]; then
+    if [ -n "$exp" ] || [ ${#args[@]} -gt 0 ]; then
+      die "setup takes no experiment or KEY=VALUE; fix: ./hrm_savio_setup.sh setup [--kernel]"
+    fi
+    setup_env; return
+  fi
+  [ -n "$exp" ] || die "$action needs an EXPERIMENT; fix: one of: $(experiments)"
+  [ -f "$ROOT/configs/experiment/$exp.yaml" ] || die "unknown experiment '$exp'; fix: one of: $(experiments)"
+  pipeline "$action" "$exp" "$local_run" "${args[@]+"${args[@]}"}"
 }
 
 main "$@"

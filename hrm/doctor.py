@@ -551,16 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--timeout", type=float, default=600, help="seconds per batch size (default 600)")
     p.add_argument("--json", action="store_true")
-    sub.add_parser("_measure", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_measure"]:  # the memory probe's child process; internal, so not in --help
+        print(json.dumps(measure_batch(json.loads(sys.stdin.read()))))
+        return 0
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "_measure":
-            print(json.dumps(measure_batch(json.loads(sys.stdin.read()))))
-            return 0
         if args.command == "env":
             report = env_report()
             if args.json:

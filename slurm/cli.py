@@ -17,6 +17,7 @@ Slurm keys (everything else is a training override passed to hrm-train, e.g. lr=
   cluster=savio|local|NAME   partition=NAME   gpus=N (per node)   gpu_type=A5000   nodes=N
   cpus_per_gpu=N   time=D-HH:MM:SS   mem=32G   account=fc_x   qos=savio_normal   launcher=torchrun|srun
   max_requeues=N   venv=PATH   runs_dir=DIR   data_time=...   eval_time=...
+  stages=data,train,eval,collect (only these; default all)   mail=you@berkeley.edu (on failure and at the end)
 """
 
 
@@ -35,13 +36,36 @@ def _error(msg: str) -> int:
 # --- submit / preview -------------------------------------------------------------------------------------
 
 
+def _plan(overrides: list[str]):
+    """pipeline.plan, plus the keys handled here: stages= (submit only those) and mail=."""
+    from slurm import pipeline
+    from slurm.jobs import add_mail, select_stages, stage_keys
+
+    rest, names, mail = stage_keys(overrides)
+    keys = {a.split("=", 1)[0].lstrip("+~") for a in rest}
+    if names and "train" not in names and "checkpoint_path" not in keys:
+        rest += _last_run(rest)  # eval/collect on their own: the experiment's last run, not a new directory
+    p = pipeline.plan(rest)
+    p.stages = select_stages(p.stages, names, p.data_path)
+    add_mail(p.stages, mail)
+    return p
+
+
+def _last_run(args: list[str]) -> list[str]:
+    from slurm import pipeline
+
+    experiment = pipeline.split_args(args)[0]
+    runs = [r["run_dir"] for r in pipeline.load_records() if r.get("experiment") == experiment]
+    return [f"checkpoint_path={runs[0]}"] if runs else []
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from slurm import pipeline
     from slurm.jobs import sbatch_text
 
-    p = pipeline.plan(args.overrides)
+    p = _plan(args.overrides)
     console = _console()
     for name, why in p.skipped.items():
         print(f"# stage {name}: skipped ({why})")
@@ -87,7 +111,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     from slurm import pipeline
 
-    p = pipeline.plan(args.overrides)
+    p = _plan(args.overrides)
+    if not p.stages:
+        for name, why in p.skipped.items():
+            print(f"stage {name}: skipped ({why})")
+        print("nothing to submit")
+        return 0
     record = pipeline.submit(p)
     table = Table(title=f"pipeline {record['id']} on {p.cluster.name}")
     for col in ("stage", "job id", "log"):

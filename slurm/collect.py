@@ -34,6 +34,10 @@ def latest_eval(run: Path) -> tuple[int | None, dict[str, float]]:
     if files:
         data = json.loads(max(files, key=lambda p: int(p.name.split("_")[1])).read_text())
         flat = {f"{s}/{k}": v for s, m in (data.get("metrics") or {}).items() for k, v in (m or {}).items()}
+        vote = run / f"step_{data.get('step')}_arc_vote.json"  # ARC runs: pass@k per task, from hrm.arc_vote
+        if vote.is_file():
+            summary = json.loads(vote.read_text()).get("summary") or {}
+            flat.update({f"arc/{k}": v for k, v in summary.items() if k.startswith("pass@")})
         return data.get("step"), flat
     for row in reversed(read_metrics(run)):
         ev = {k: v for k, v in row.items() if "/" in k and not k.startswith("train/")}

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slurm.profiles import Cluster, Request
+from slurm.profiles import Cluster, Request, RequestError
 
+STAGE_NAMES = ("data", "train", "eval", "collect")
 SIGNAL_DELAY_S = 120  # Slurm signals the train job this long before its time limit (it may come 60 s early)
 
 
@@ -44,6 +45,8 @@ class Stage:
     max_requeues: int = 0
     checkpoint_path: str | None = None  # train/eval: the run directory (status.json, step_N)
     workdir: str | None = None
+    mail_user: str | None = None  # mail=ADDRESS: Slurm mails on mail_type events
+    mail_type: str = "FAIL"
 
     @property
     def status_file(self) -> str | None:
@@ -114,6 +117,9 @@ def submitit_parameters(
         params["account"] = req.account
     if req.qos:
         params["qos"] = req.qos
+    if stage.mail_user:
+        params["mail_user"] = stage.mail_user
+        params["mail_type"] = stage.mail_type
     extra: dict[str, Any] = {}
     if dependency:
         params["dependency"] = dependency
@@ -125,6 +131,58 @@ def submitit_parameters(
     if extra:
         params["additional_parameters"] = extra
     return params
+
+
+# --- choosing stages: stages=NAME,... and mail=ADDRESS -----------------------------------------------------
+
+
+def stage_keys(args: list[str]) -> tuple[list[str], list[str] | None, str | None]:
+    """Take `stages=data,train` and `mail=ADDRESS` out of the arguments; the rest goes to the plan."""
+    rest: list[str] = []
+    names: list[str] | None = None
+    mail: str | None = None
+    for a in args:
+        key, _, value = a.partition("=")
+        if key == "stages":
+            names = [n.strip() for n in value.split(",") if n.strip()]
+            bad = [n for n in names if n not in STAGE_NAMES] if names else ["(none)"]
+            if bad:
+                raise RequestError(f"unknown stage '{bad[0]}' in stages={value}; fix: stages= a comma list of "
+                                   f"{', '.join(STAGE_NAMES)}")
+        elif key == "mail":
+            if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", value):
+                raise RequestError(f"mail={value!r} is not an e-mail address; fix: mail=you@berkeley.edu")
+            mail = value
+        else:
+            rest.append(a)
+    return rest, names, mail
+
+
+def select_stages(stages: list[Stage], names: list[str] | None, data_path: Path) -> list[Stage]:
+    """The named stages (all when `names` is None), refused when what they read is not there yet: a stage
+    submitted on its own has no afterok to wait on."""
+    if names is None:
+        return stages
+    chosen = [s for s in stages if s.name in names]
+    left_out = {s.name for s in stages} - set(names)
+    if "data" in left_out and {"train", "eval"} & set(names):
+        raise RequestError(f"no dataset at {data_path} yet; fix: build it first (stages=data), or include data "
+                           f"in stages=")
+    for s in chosen:
+        if s.name == "eval" and "train" not in names:
+            try:
+                latest_step(s.checkpoint_path or ".")
+            except RuntimeError:
+                raise RequestError(f"no checkpoint to evaluate in {s.checkpoint_path}; fix: train first "
+                                   f"(stages=train), or checkpoint_path=RUN_DIR") from None
+    return chosen
+
+
+def add_mail(stages: list[Stage], mail: str | None) -> None:
+    """Mail on any stage's failure and on the end of the last one: one mail for a pipeline that succeeds."""
+    for i, s in enumerate(stages):
+        s.mail_user = mail
+        s.mail_type = "END,FAIL" if i == len(stages) - 1 else "FAIL"
 
 
 def sbatch_text(folder: Path, params: dict[str, Any], python: str = sys.executable) -> str:

@@ -13,16 +13,18 @@ import sys
 import time
 
 from slurm import pipeline
-from slurm.jobs import StageRun
+from slurm.jobs import StageRun, select_stages, stage_keys
 from slurm.profiles import RequestError
 
 EXIT_INTERRUPTED = 3  # hrm-train saved its state on a signal; re-run to resume
 
 
 def run_local(args: list[str]) -> int:
+    args, names, _ = stage_keys(args)  # mail= means nothing without Slurm
     experiment, options, _ = pipeline.split_args(args)
     extra = [] if "cluster" in options else ["cluster=local"]
     p = pipeline.plan([*extra, *args], run_id=experiment or "run")
+    stages = select_stages(p.stages, names, p.data_path)
     env = os.environ.copy()
     env.setdefault("WANDB_MODE", p.wandb_mode or "offline")
     env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)))))
@@ -31,7 +33,7 @@ def run_local(args: list[str]) -> int:
     print(f"[hrm] running {experiment or 'the pipeline'} locally; run directory {p.run_dir}", flush=True)
     for name, why in p.skipped.items():
         print(f"[hrm] stage {name}: skipped ({why})", flush=True)
-    for stage in p.stages:
+    for stage in stages:
         argv = StageRun(stage).argv()
         print(f"[hrm] stage {stage.name}: {shlex.join(argv)}", flush=True)
         t0 = time.time()
@@ -43,5 +45,6 @@ def run_local(args: list[str]) -> int:
         if rc != 0:
             raise RequestError(f"stage {stage.name} failed (exit {rc}); fix the error above and re-run the same "
                                f"command (finished stages are skipped or resume)")
-    print(f"[hrm] done: results in {p.run_dir / 'results'}", flush=True)
+    ran = f"results in {p.run_dir / 'results'}" if not names or "collect" in names else "stages " + ",".join(names)
+    print(f"[hrm] done: {ran}", flush=True)
     return 0

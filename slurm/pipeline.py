@@ -220,6 +220,8 @@ def plan(args: list[str], *, run_id: str | None = None) -> Plan:
     exp = [f"+experiment={experiment}"] if experiment else []
     train_argv = ["hrm-train", *exp, *train_overrides, f"data_path={data_path}", f"checkpoint_path={run_dir}"]
 
+    # ARC is scored per task over the augmented variants (pass@k), not per example: vote after evaluating
+    arc_vote = ["arc_vote=true"] if (cfg.get("build") or {}).get("kind") == "arc" else []
     stages: list[Stage] = []
     skipped: dict[str, str] = {}
     ready, why = dataset_ready(data_path)
@@ -240,7 +242,7 @@ def plan(args: list[str], *, run_id: str | None = None) -> Plan:
         ),
         Stage(
             "eval",
-            ["hrm-evaluate", "checkpoint={latest_step}"],
+            ["hrm-evaluate", "checkpoint={latest_step}", *arc_vote],
             eval_req,
             checkpoint_path=str(run_dir),
             workdir=workdir,

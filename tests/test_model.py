@@ -124,6 +124,26 @@ def test_attention_backend_choice_and_errors():
         resolve_attn_backend("fa2", "cpu", torch.float32)
 
 
+@pytest.mark.parametrize("capability, installed, expected", [
+    ((9, 0), ("flash_attn_interface", "flash_attn"), "fa3"),   # H100: FA3 when built
+    ((8, 6), ("flash_attn_interface", "flash_attn"), "fa2"),   # A5000 / A40: FA3 would not run
+    ((8, 0), ("flash_attn",), "fa2"),
+    ((7, 0), ("flash_attn_interface", "flash_attn"), "sdpa"),  # V100: neither FlashAttention runs
+    ((7, 5), (), "sdpa"),
+])
+def test_auto_backend_follows_the_gpu_generation(monkeypatch, capability, installed, expected):
+    """No GPU needed: the choice depends only on what imports and the device's compute capability."""
+    from hrm.model import layers
+
+    monkeypatch.setattr(layers, "_importable", lambda name: name in installed)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_attn_backend("auto", "cuda", torch.bfloat16) == expected
+    assert resolve_attn_backend("auto", "cuda", torch.float32) == "sdpa"  # FlashAttention is 16-bit only
+    if expected == "sdpa" and "flash_attn" in installed:
+        with pytest.raises(ValueError, match=r"fa2 needs a GPU of compute capability 8\.0 or newer, this one is 7\.0"):
+            resolve_attn_backend("fa2", "cuda", torch.bfloat16)
+
+
 def _manual_attention(q, k, v):
     scores = torch.einsum("bshd,bthd->bhst", q, k) / math.sqrt(q.shape[-1])
     return torch.einsum("bhst,bthd->bshd", scores.softmax(-1), v)

@@ -168,3 +168,92 @@ def test_launcher_configs_obey_their_cluster_profile(path):
     assert req.cpus_per_task == cfg["cpus_per_task"]
     assert any("OMP_NUM_THREADS" in line for line in cfg["setup"])
     assert any("WANDB_MODE" in line for line in cfg["setup"])
+
+
+# --- stages= and mail= (the front door's data/train/eval actions and SAVIO_EMAIL) ---------------------------
+
+BAD_STAGE_INPUT = [
+    (["cluster=local", "stages=trian"], "unknown stage 'trian'"),
+    (["cluster=local", "mail=nobody"], "mail='nobody' is not an e-mail address"),
+    (["cluster=local", "stages=train"], "no dataset at"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_STAGE_INPUT)
+def test_bad_stage_or_mail_is_one_line_and_nothing_is_submitted(tmp_path, fake_sbatch, args, message):
+    env, marker = fake_sbatch
+    r = run_cli(["submit", "+experiment=sudoku_demo", *args], tmp_path, env)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "fix" in lines[0], r.stderr
+    assert not marker.exists()
+
+
+def test_mail_goes_into_every_script_and_stages_picks_jobs(tmp_path, monkeypatch):
+    from slurm.cli import _plan
+    from slurm.jobs import sbatch_text
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HRM_SLURM_HOME", str(tmp_path / "home"))
+    p = _plan(["+experiment=sudoku_demo", "cluster=local", "mail=me@berkeley.edu"])
+    assert [s.name for s in p.stages] == ["data", "train", "eval", "collect"]
+    scripts = [sbatch_text(tmp_path / s.name, p.parameters(s)) for s in p.stages]
+    assert all("#SBATCH --mail-user=me@berkeley.edu" in t for t in scripts)
+    # one mail when all goes well (the end of the last job), one for whichever job fails
+    assert [t.count("#SBATCH --mail-type=END,FAIL") for t in scripts] == [0, 0, 0, 1]
+    assert all("#SBATCH --mail-type=FAIL" in t for t in scripts[:3])
+    only = _plan(["+experiment=sudoku_demo", "cluster=local", "stages=data"])
+    assert [s.name for s in only.stages] == ["data"]
+    assert "--mail" not in sbatch_text(tmp_path, only.parameters(only.stages[0]))
+
+
+def test_eval_alone_evaluates_the_experiments_last_recorded_run(tmp_path, monkeypatch):
+    from slurm.cli import _plan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HRM_SLURM_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(pipeline, "dataset_ready", lambda path: (True, "ok"))
+    with pytest.raises(RequestError, match="no checkpoint to evaluate"):
+        _plan(["+experiment=sudoku_demo", "cluster=local", "stages=eval"])
+    run = tmp_path / "runs" / "sudoku_demo-1"
+    (run / "step_5").mkdir(parents=True)
+    pipeline.save_record({"id": "sudoku_demo-1", "experiment": "sudoku_demo", "run_dir": str(run), "stages": []})
+    p = _plan(["+experiment=sudoku_demo", "cluster=local", "stages=eval"])
+    assert [s.name for s in p.stages] == ["eval"] and p.stages[0].checkpoint_path == str(run)
+    assert p.run_dir == run
+
+
+def test_run_local_stages_data_runs_only_that_stage(tmp_path, monkeypatch):
+    # a dataset that checks out (a stand-in `hrm-data check`): the data stage is skipped and nothing else runs
+    data = tmp_path / "d"
+    for split in ("train", "test"):
+        (data / split).mkdir(parents=True)
+        (data / split / "dataset.json").write_text("{}")
+    (tmp_path / "hrm-data").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "hrm-data").chmod(0o755)
+    r = run_cli(["run-local", "+experiment=sudoku_demo", f"data_path={data}", "stages=data"], tmp_path,
+                {"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    assert "stage data: skipped" in r.stdout and "stage train" not in r.stdout
+    assert "[hrm] done: stages data" in r.stdout and not (tmp_path / "runs").exists()
+
+
+def test_arc_pipelines_vote_and_collect_reports_pass_at_k(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    arc = pipeline.plan(["+experiment=arc1", "cluster=savio", "account=fc_x"])
+    assert arc.stages[2].name == "eval" and "arc_vote=true" in arc.stages[2].argv
+    sudoku = pipeline.plan(["+experiment=sudoku_demo", "cluster=local"])
+    assert not any("arc_vote" in a for s in sudoku.stages for a in s.argv)
+
+    import json
+
+    from slurm.collect import summarize
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "step_40_eval.json").write_text(json.dumps({"step": 40, "metrics": {"all": {"exact_accuracy": 0.5}}}))
+    (run / "step_40_arc_vote.json").write_text(json.dumps(
+        {"summary": {"pass@1": 0.25, "pass@2": 0.5, "tasks": 4, "correct": {"pass@1": 1}}, "tasks": {}}))
+    row = summarize(run)
+    assert row["eval_step"] == 40 and row["all/exact_accuracy"] == 0.5
+    assert row["arc/pass@1"] == 0.25 and row["arc/pass@2"] == 0.5 and "arc/tasks" not in row

@@ -121,27 +121,40 @@ def _importable(module_name: str) -> bool:
         return False
 
 
+# FlashAttention 3 is Hopper-only; FlashAttention 2 needs Ampere or newer (Savio's V100 and 2080 Ti are older).
+FLASH_MIN_CAPABILITY = {"fa3": (9, 0), "fa2": (8, 0)}
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else (0, 0)
+
+
 def resolve_attn_backend(name: str, device: torch.device | str, dtype: torch.dtype) -> str:
-    """Pick the backend: `auto` takes FA3, then FA2, then SDPA; FlashAttention needs CUDA and 16-bit."""
+    """Pick the backend: `auto` takes FA3, then FA2, then SDPA, each only where it imports and the GPU
+    generation supports it; FlashAttention needs CUDA and 16-bit."""
     if name not in ATTN_BACKENDS:
         raise ValueError(f"unknown arch.attn_backend={name!r}: choose one of {', '.join(ATTN_BACKENDS)}")
-    flash_ok = torch.device(device).type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    device = torch.device(device)
+    flash_ok = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    modules = {"fa3": "flash_attn_interface", "fa2": "flash_attn"}
     if name == "auto":
-        if flash_ok and _importable("flash_attn_interface"):
-            return "fa3"
-        if flash_ok and _importable("flash_attn"):
-            return "fa2"
+        cc = _capability(device) if flash_ok else (0, 0)
+        for flash in ("fa3", "fa2"):
+            if flash_ok and cc >= FLASH_MIN_CAPABILITY[flash] and _importable(modules[flash]):
+                return flash
         return "sdpa"
-    if name in ("fa3", "fa2"):
-        module = {"fa3": "flash_attn_interface", "fa2": "flash_attn"}[name]
+    if name in modules:
         how = "3: build hopper/ from the flash-attention repo" if name == "fa3" else "2: pip install flash-attn"
-        if not _importable(module):
-            raise ValueError(f"arch.attn_backend={name} but `{module}` does not import: install FlashAttention "
-                             f"({how}) "
-                             f"or use arch.attn_backend=sdpa")
+        if not _importable(modules[name]):
+            raise ValueError(f"arch.attn_backend={name} but `{modules[name]}` does not import: install "
+                             f"FlashAttention ({how}) or use arch.attn_backend=sdpa")
         if not flash_ok:
             raise ValueError(f"arch.attn_backend={name} needs a CUDA device and arch.forward_dtype=bfloat16: "
-                             f"use arch.attn_backend=sdpa on {torch.device(device).type} / {dtype}")
+                             f"use arch.attn_backend=sdpa on {device.type} / {dtype}")
+        cc, need = _capability(device), FLASH_MIN_CAPABILITY[name]
+        if cc < need:
+            raise ValueError(f"arch.attn_backend={name} needs a GPU of compute capability {need[0]}.{need[1]} or "
+                             f"newer, this one is {cc[0]}.{cc[1]}: use arch.attn_backend=auto or sdpa")
     return name
 
 

@@ -1,0 +1,297 @@
+"""hrm_savio_setup.sh and envs/: help, bad input in one line, idempotent set-up, Savio checks, stage actions.
+
+No network and no training: set-up runs against the venv that runs these tests (already complete), Slurm is
+a stand-in `sbatch` that records what it is given, Savio is simulated with HRM_CLUSTER=savio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "hrm_savio_setup.sh"
+SECRET = "wandb-setup-secret-0123456789abcdef"
+ACTIONS = ["setup", "data", "train", "eval", "both", "status", "logs", "collect", "test", "help"]
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+IN_VENV = sys.prefix != sys.base_prefix
+# the variables the script reads, cleared so that the caller's shell (or a Slurm job) cannot change a result
+CLEARED = ("SAVIO_ACCOUNT", "SAVIO_QOS", "SAVIO_PARTITION", "SAVIO_EMAIL", "HRM_VENV", "HRM_TORCH", "SLURM_JOB_ID",
+           "HRM_PYTHON", "JUPYTER_DATA_DIR")
+
+
+def run(args: list[str], tmp_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+        timeout: int = 300) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    full.update({"HRM_CLUSTER": "local", "HRM_VENV": sys.prefix, "HRM_PYTHON": sys._base_executable,
+                 "HRM_SLURM_HOME": str(tmp_path / "home"), "WANDB_API_KEY": SECRET, **(env or {})})
+    r = subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd or tmp_path, env=full, capture_output=True,
+                       text=True, timeout=timeout)
+    assert SECRET not in r.stdout + r.stderr  # the W&B key is never echoed, whatever the action
+    return r
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fix" in lines[0], r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path):
+    """A PATH whose sbatch keeps the scripts it is given and answers like Slurm (nothing runs)."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(
+        f'#!/bin/sh\nfor a in "$@"; do case "$a" in *.sh) cat "$a" >> {tmp_path}/sbatch_scripts;; esac; done\n'
+        f'echo "$@" >> {tmp_path}/sbatch_calls\necho "Submitted batch job 42"\n'
+    )
+    (bindir / "sbatch").chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, tmp_path / "sbatch_calls", tmp_path / "sbatch_scripts"
+
+
+# --- the script itself ------------------------------------------------------------------------------------
+
+
+def test_shellcheck_clean():
+    if not shutil.which("shellcheck"):
+        if os.environ.get("HRM_TEST_SLURM") == "1":
+            pytest.fail("shellcheck is missing, but `./hrm_savio_setup.sh test` installs it")
+        pytest.skip("shellcheck is not installed")
+    files = [str(SCRIPT), *map(str, sorted((REPO / "envs").glob("*.sh")))]
+    for cmd in (["shellcheck", *files], ["shellcheck", "-x", str(SCRIPT)]):
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def help_table(text: str) -> dict[str, list[str]]:
+    """Experiments table of the help text: name -> [GPUs, data, runtime] (columns are 2+ spaces apart)."""
+    block = text.split("Experiments:")[1].split("\n\n")[0]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in block.strip().splitlines()[1:]]
+    return {r[0]: r[1:] for r in rows}
+
+
+def readme_table() -> dict[str, list[str]]:
+    section = (REPO / "README.md").read_text().split("## Experiments")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+    return {r[0].strip("`"): r[1:] for r in rows}
+
+
+def test_help_shows_every_action_and_experiment_consistent_with_configs_and_readme(tmp_path):
+    r = run(["help"], tmp_path)
+    assert r.returncode == 0 and r.stderr == ""
+    assert run([], tmp_path).stdout == r.stdout  # no action: the same help
+    listed = re.findall(r"^  ([a-z]+)\b", r.stdout.split("Actions:")[1].split("\n\n")[0], re.M)
+    assert listed == ACTIONS
+    table = help_table(r.stdout)
+    assert sorted(table) == EXPERIMENTS
+    readme = readme_table()
+    assert sorted(readme) == EXPERIMENTS
+    for name, (gpus, _data, runtime) in table.items():
+        resources = yaml.safe_load((REPO / "configs" / "experiment" / f"{name}.yaml").read_text())["resources"]
+        assert int(gpus) == resources["gpus"], name  # what the Slurm job asks for
+        assert readme[name][0] == gpus and readme[name][2] == runtime, name
+    for var in ("SAVIO_ACCOUNT", "SAVIO_QOS", "SAVIO_PARTITION", "SAVIO_EMAIL"):
+        assert var in r.stdout and f"`{var}`" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["deploy"], "unknown action 'deploy'"),
+        (["both", "sudoku_huge"], "unknown experiment 'sudoku_huge'"),
+        (["train"], "train needs an EXPERIMENT"),
+        (["both", "sudoku_demo", "--fast"], "unknown option '--fast'"),
+        (["setup", "arc1"], "setup takes no experiment"),
+    ],
+)
+def test_bad_input_is_one_line_with_the_fix(tmp_path, args, message):
+    r = run(args, tmp_path)
+    line = one_error_line(r)
+    assert message in line and r.stdout == ""
+    if "unknown experiment" in message:
+        assert all(e in line for e in EXPERIMENTS)  # the line lists what would have been right
+
+
+# --- set-up -----------------------------------------------------------------------------------------------
+
+
+def snapshot(venv: Path) -> dict[str, float]:
+    """mtimes of the venv's top level, bin/ and site-packages/ entries: what an install would touch."""
+    dirs = [venv, venv / "bin", *venv.glob("lib/python3*/site-packages")]
+    return {str(p): p.stat().st_mtime_ns for d in dirs for p in d.iterdir()}
+
+
+@pytest.mark.skipif(not IN_VENV, reason="needs the tests to run from a venv")
+def test_second_setup_says_nothing_to_do_and_changes_nothing(tmp_path):
+    first = run(["setup"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(Path(sys.prefix))
+    second = run(["setup"], tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do" in second.stdout and "install" not in second.stdout
+    assert snapshot(Path(sys.prefix)) == before
+
+
+@pytest.mark.skipif(not IN_VENV, reason="needs the tests to run from a venv")
+def test_kernel_registration_points_at_the_venv_and_is_idempotent(tmp_path):
+    env = {"JUPYTER_DATA_DIR": str(tmp_path / "jupyter")}
+    first = run(["setup", "--kernel"], tmp_path, env)
+    assert first.returncode == 0, first.stderr
+    spec = json.loads((tmp_path / "jupyter" / "kernels" / "hrm" / "kernel.json").read_text())
+    assert spec["argv"][0] == f"{sys.prefix}/bin/python" and spec["display_name"] == "HRM (hrm-savio)"
+    again = run(["setup", "--kernel"], tmp_path, env)
+    assert "nothing to do" in again.stdout and "registered" not in again.stdout
+
+
+def test_venv_made_by_another_python_is_refused_untouched(tmp_path):
+    venv = tmp_path / "oldvenv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\necho 3.9\n")
+    (venv / "bin" / "python").chmod(0o755)
+    line = one_error_line(run(["setup"], tmp_path, {"HRM_VENV": str(venv)}))
+    assert "made by Python 3.9" in line and f"rm -rf {venv}" in line
+    assert sorted(p.name for p in venv.rglob("*")) == ["bin", "python"]
+
+
+def test_failed_install_leaves_no_half_made_venv(tmp_path):
+    venv = tmp_path / "new" / "venv"
+    # PIP_NO_INDEX: pip may not download anything, so the torch install fails at once, as offline
+    r = run(["setup"], tmp_path, {"HRM_VENV": str(venv), "PIP_NO_INDEX": "1", "HRM_TORCH": "cpu"})
+    assert r.returncode != 0
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("[hrm]")]
+    assert len(errors) == 1 and "torch install failed" in errors[0] and "fix" in errors[0], r.stderr
+    assert "removed the half-made environment" in r.stdout and not venv.exists()
+
+
+def test_profile_reader_matches_pyyaml(tmp_path):
+    variants = tmp_path / "variants.yaml"
+    variants.write_text(
+        "name: 'quoted'  # a comment\nmodules:\n  - \"python/3.11\"   # the interpreter\n\n  - cuda/12.6\n"
+        "lmod_init: ['/opt/lmod init/bash', /etc/profile.d/modules.sh]\nmodule_use: []\nscratch: null\n"
+        "runs_dir: /scratch/$USER/runs\n"
+    )
+    for path in [*sorted((REPO / "slurm" / "clusters").glob("*.yaml")), variants]:
+        data = yaml.safe_load(path.read_text())
+        for key in ("name", "modules", "lmod_init", "module_use", "scratch", "runs_dir", "default_qos"):
+            r = subprocess.run(["bash", "-c", f'source envs/modules.sh && profile_get "{path}" {key}'], cwd=REPO,
+                               capture_output=True, text=True, check=True)
+            value = data.get(key)
+            expected = [str(v) for v in value] if isinstance(value, list) else ([] if value is None else [str(value)])
+            assert r.stdout.splitlines() == expected, (path.name, key)
+
+
+def test_modules_from_the_profile_are_loaded_before_python_is_chosen(tmp_path):
+    if not Path("/usr/share/lmod/lmod/init/bash").is_file():
+        if os.environ.get("HRM_TEST_SLURM") == "1":
+            pytest.fail("HRM_TEST_SLURM=1 but Lmod is not installed (slurm_local_start.sh installs it)")
+        pytest.skip("Lmod is not installed")
+    tree = tmp_path / "modules"
+    subprocess.run(["bash", str(REPO / "tests" / "cluster" / "make_fake_lmod.sh"), str(tree)], check=True)
+    module_python = tree / "_sw" / "python-3.11.6" / "bin" / "python3.11"
+    module_python.symlink_to(sys._base_executable)  # the fake python module's interpreter
+    venv = tmp_path / "oldvenv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\necho 3.9\n")
+    (venv / "bin" / "python").chmod(0o755)
+    clean = {"PATH": f"{Path(shutil.which('bash')).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+             "MODULEPATH": str(tree), "HRM_CLUSTER": "savio", "HRM_VENV": str(venv), "HRM_SLURM_HOME": str(tmp_path)}
+    r = subprocess.run(["bash", str(SCRIPT), "setup"], cwd=tmp_path, env=clean, capture_output=True, text=True)
+    modules = yaml.safe_load((REPO / "slurm" / "clusters" / "savio.yaml").read_text())["modules"]
+    assert f"modules loaded: {' '.join(modules)}" in r.stdout, r.stdout + r.stderr
+    # the venv check then ran with the module's Python, not the machine's
+    assert f"set-up uses Python 3.11 ({module_python})" in one_error_line(r)
+
+
+def test_torch_requirement_files_agree_with_each_other_and_the_cuda_module():
+    def pin(name: str) -> str:
+        lines = (REPO / "envs" / name).read_text().splitlines()
+        return next(ln for ln in lines if ln.startswith("torch=="))
+
+    cpu, cuda = pin("torch-cpu.txt"), pin("torch-cu126.txt")
+    assert cuda.split("+")[0] == cpu and cuda.endswith("+cu126")
+    modules = yaml.safe_load((REPO / "slurm" / "clusters" / "savio.yaml").read_text())["modules"]
+    assert any(m.startswith("cuda/12.6") for m in modules)
+
+
+# --- Savio checks and the pipeline actions ----------------------------------------------------------------
+
+
+def test_missing_savio_account_is_refused_before_anything(tmp_path, fake_sbatch):
+    env, calls, _ = fake_sbatch
+    venv = tmp_path / "venv"
+    r = run(["both", "arc1"], tmp_path, {**env, "HRM_CLUSTER": "savio", "HRM_VENV": str(venv)})
+    assert "SAVIO_ACCOUNT" in one_error_line(r) and r.stdout == ""  # not even the modules were loaded
+    assert not calls.exists() and not venv.exists()
+
+
+@pytest.mark.parametrize("args", [["train", "arc1", "--local"], ["both", "sudoku_demo", "--local"]])
+def test_login_node_refuses_to_run_a_job_in_process(tmp_path, args):
+    venv = tmp_path / "venv"
+    line = one_error_line(run(args, tmp_path, {"HRM_CLUSTER": "savio", "HRM_VENV": str(venv)}))
+    assert "login node" in line and "srun" in line and "without --local" in line
+    assert not venv.exists()
+
+
+def sbatch_scripts(path: Path) -> dict[str, str]:
+    """The scripts the stand-in sbatch was given, by job name."""
+    scripts = ["#!/bin/bash" + t for t in path.read_text().split("#!/bin/bash")[1:]]
+    return {re.search(r"#SBATCH --job-name=(\S+)", t).group(1): t for t in scripts}
+
+
+@pytest.mark.skipif(not IN_VENV, reason="needs the tests to run from a venv")
+def test_slurm_actions_submit_their_stages_with_the_savio_settings(tmp_path, fake_sbatch):
+    env, calls, scripts = fake_sbatch
+    env = {**env, "SAVIO_ACCOUNT": "fc_test", "SAVIO_QOS": "savio_debug", "SAVIO_PARTITION": "savio4_gpu",
+           "SAVIO_EMAIL": "me@berkeley.edu"}
+    where = [f"data_path={tmp_path / 'd'}", f"runs_dir={tmp_path / 'runs'}"]
+    r = run(["data", "sudoku_demo", *where], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    jobs = sbatch_scripts(scripts)
+    assert list(jobs) == ["hrm-data"] and len(calls.read_text().splitlines()) == 1
+    for line in ("--account=fc_test", "--qos=savio_debug", "--mail-user=me@berkeley.edu", "--mail-type=END,FAIL"):
+        assert f"#SBATCH {line}" in jobs["hrm-data"]
+    # train on its own needs the dataset first: refused by hrm-slurm, the step named, nothing sent
+    calls.unlink()
+    scripts.unlink()
+    r = run(["train", "sudoku_demo", *where], tmp_path, env)
+    assert r.returncode != 0 and "no dataset at" in r.stderr and 'step "submit train sudoku_demo"' in r.stderr
+    assert not calls.exists()
+    # both: the whole chain; the partition is the training job's, the end mail the last job's
+    r = run(["both", "sudoku_demo", *where], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    jobs = sbatch_scripts(scripts)
+    assert list(jobs) == ["hrm-data", "hrm-train", "hrm-eval", "hrm-collect"]
+    assert "#SBATCH --partition=savio4_gpu" in jobs["hrm-train"]
+    assert [("--mail-type=END,FAIL" in t) for t in jobs.values()] == [False, False, False, True]
+    assert all("#SBATCH --account=fc_test" in t for t in jobs.values())
+    assert SECRET not in scripts.read_text()
+
+
+@pytest.mark.skipif(not IN_VENV, reason="needs the tests to run from a venv")
+@pytest.mark.parametrize("action", ["train", "eval"])
+def test_local_stage_actions_run_through_run_local(tmp_path, action):
+    # with --local (or without sbatch) the stage runs here, from the same plan; without its dataset it is
+    # refused before anything runs
+    r = run([action, "sudoku_demo", "--local", f"data_path={tmp_path / 'd'}"], tmp_path)
+    assert f"running {action} sudoku_demo on this machine" in r.stdout
+    assert r.returncode != 0 and "hrm-slurm: error: no dataset at" in r.stderr
+    assert f"stage {action}:" not in r.stdout
+
+
+@pytest.mark.skipif(not IN_VENV, reason="needs the tests to run from a venv")
+def test_status_and_logs_delegate_to_hrm_slurm(tmp_path):
+    r = run(["status"], tmp_path)
+    assert r.returncode == 0 and "no pipelines recorded yet" in r.stdout
+    r = run(["logs"], tmp_path)
+    assert r.returncode != 0 and "hrm-slurm: error: no pipelines recorded yet" in r.stderr
