@@ -5,6 +5,7 @@
 # KERNEL, STEP, say, die); envs/modules.sh must be sourced first.
 # shellcheck disable=SC2034  # STEP and NEW_VENV are read by hrm_savio_setup.sh's exit trap
 
+CPU_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 MARKER=.hrm-setup-complete  # in the venv; written last, so a venv without it is never used half-installed
 NEW_VENV=""                 # a venv this run created: the exit trap removes it if set-up fails
 
@@ -85,7 +86,14 @@ install_env() {
   fi
   local pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
   say "installing torch, $flavor build ($(basename "$reqs"))"
-  "${pip[@]}" -r "$reqs" || die "torch install failed; fix: check that this node reaches download.pytorch.org and pypi.org (Savio login nodes do), then re-run"
+  if [ "$flavor" = cpu ] && "${pip[@]}" -r "$reqs" >/dev/null 2>&1; then
+    :  # pip's configured sources had the CPU build (a mirror or a local wheel directory)
+  elif [ "$flavor" = cpu ]; then
+    "${pip[@]}" -r "$reqs" --index-url "$CPU_TORCH_INDEX" --extra-index-url https://pypi.org/simple \
+      || die "torch install failed; fix: check that this machine reaches download.pytorch.org and pypi.org, then re-run"
+  else
+    "${pip[@]}" -r "$reqs" || die "torch install failed; fix: check that this node reaches download.pytorch.org and pypi.org (Savio login nodes do), then re-run"
+  fi
   # GPU clusters also get JupyterLab, which the Open OnDemand app in guides/ondemand starts from this venv
   local extras=dev
   if [ "$flavor" != cpu ]; then extras=dev,ondemand; fi

@@ -219,7 +219,7 @@ def test_torch_requirement_files_agree_with_each_other_and_the_cuda_module():
         return next(ln for ln in lines if ln.startswith("torch=="))
 
     cpu, cuda = pin("torch-cpu.txt"), pin("torch-cu126.txt")
-    assert cuda.split("+")[0] == cpu and cuda.endswith("+cu126")
+    assert cuda.split("+")[0] == cpu.split("+")[0] and cuda.endswith("+cu126") and cpu.endswith("+cpu")
     modules = yaml.safe_load((REPO / "slurm" / "clusters" / "savio.yaml").read_text())["modules"]
     assert any(m.startswith("cuda/12.6") for m in modules)
 
