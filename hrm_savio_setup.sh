@@ -120,11 +120,21 @@ run_tests() {
   return $rc
 }
 
+# Slurm is "here" when sbatch exists and the controller answers: a machine with slurm-wlm installed but not
+# running (a laptop, a CI box after its tests) runs locally instead of submitting into nothing.
+slurm_here() {
+  command -v sbatch >/dev/null 2>&1 || return 1
+  if ! timeout 20 sinfo -h -o %a >/dev/null 2>&1; then
+    say "sbatch is installed but the Slurm controller does not answer (sinfo failed); running on this machine"
+    return 1
+  fi
+}
+
 # pipeline ACTION EXPERIMENT LOCAL ARGS...: data, train, eval or both, as Slurm jobs or on this machine.
 pipeline() {
   local action="$1" exp="$2" local_run="$3"; shift 3
   local mode=slurm stages=() savio=()
-  if [ "$local_run" = 1 ] || ! command -v sbatch >/dev/null 2>&1; then mode=local; fi
+  if [ "$local_run" = 1 ] || ! slurm_here; then mode=local; fi
   [ "$action" = both ] || stages=("stages=$action")
   # everything that can be refused is refused here, before anything is installed or submitted
   if [ "$mode" = slurm ]; then
@@ -173,7 +183,7 @@ main() {
       activate_env; STEP="collect"
       local only_local=0 rest=() runs_dir
       for a in "$@"; do if [ "$a" = --local ]; then only_local=1; else rest+=("$a"); fi; done
-      if [ ${#rest[@]} -eq 0 ] && { [ "$only_local" = 1 ] || ! command -v sbatch >/dev/null 2>&1; }; then
+      if [ ${#rest[@]} -eq 0 ] && { [ "$only_local" = 1 ] || ! slurm_here; }; then
         # without Slurm nothing is recorded: gather the runs that run-local made
         runs_dir="$(profile_get "$ROOT/slurm/clusters/local.yaml" runs_dir)"
         rest=("$runs_dir"/*/)

@@ -56,6 +56,8 @@ def fake_sbatch(tmp_path):
         f'echo "$@" >> {tmp_path}/sbatch_calls\necho "Submitted batch job 42"\n'
     )
     (bindir / "sbatch").chmod(0o755)
+    (bindir / "sinfo").write_text("#!/bin/sh\necho up\n")  # a controller that answers
+    (bindir / "sinfo").chmod(0o755)
     return {"PATH": f"{bindir}:{os.environ['PATH']}"}, tmp_path / "sbatch_calls", tmp_path / "sbatch_scripts"
 
 
@@ -233,6 +235,16 @@ def test_missing_savio_account_is_refused_before_anything(tmp_path, fake_sbatch)
     r = run(["both", "arc1"], tmp_path, {**env, "HRM_CLUSTER": "savio", "HRM_VENV": str(venv)})
     assert "SAVIO_ACCOUNT" in one_error_line(r) and r.stdout == ""  # not even the modules were loaded
     assert not calls.exists() and not venv.exists()
+
+
+def test_installed_but_silent_slurm_runs_here_instead_of_submitting(tmp_path, fake_sbatch):
+    """slurm-wlm installed, controller down (a CI box after its tests): nothing goes to sbatch."""
+    env, calls, _ = fake_sbatch
+    (tmp_path / "fakebin" / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact' >&2\n"
+                                               "exit 1\n")
+    r = run(["collect"], tmp_path, env, cwd=tmp_path)
+    assert "the Slurm controller does not answer (sinfo failed); running on this machine" in r.stdout
+    assert not calls.exists()
 
 
 @pytest.mark.parametrize("args", [["train", "arc1", "--local"], ["both", "sudoku_demo", "--local"]])
