@@ -218,6 +218,16 @@ def _grad_settings_problem(arch) -> str | None:
     return None
 
 
+def _data_path(data_path: str) -> Path:
+    """Where hrm-slurm would put this data_path on this machine's cluster (on Savio: under scratch)."""
+    from slurm import pipeline, profiles
+
+    try:
+        return pipeline.resolve_data_path(data_path, profiles.load_cluster(pipeline.default_cluster()))
+    except profiles.RequestError:
+        return Path(data_path)
+
+
 def config_report(overrides: list[str], gpus: int | None = None) -> dict:
     """What a run of this config will do: batch split, steps, warmup, sampling regime, and warnings."""
     from omegaconf import OmegaConf
@@ -252,7 +262,7 @@ def config_report(overrides: list[str], gpus: int | None = None) -> dict:
     if grad_problem:
         errors.append(grad_problem)
 
-    data = _dataset_info(Path(cfg.data_path), cfg)
+    data = _dataset_info(_data_path(str(cfg.data_path)), cfg)
     report["dataset"] = data
     sampling = (data.get("check") or {}).get("sampling") or {}
     if data.get("check"):

@@ -97,6 +97,14 @@ def default_cluster() -> str:
     return "savio" if Path("/global/scratch/users").is_dir() else "local"
 
 
+def resolve_data_path(data_path: str, cluster: Cluster) -> Path:
+    """A relative data_path lands in the cluster's data_dir (Savio: scratch, not the small home quota)."""
+    raw = os.path.expanduser(data_path)
+    if cluster.data_dir and not os.path.isabs(raw):
+        raw = os.path.join(cluster.data_dir, raw)
+    return _expand(raw)
+
+
 def _expand(path: str) -> Path:
     user = os.environ.get("USER") or getpass.getuser()
     return Path(os.path.expandvars(os.path.expanduser(path.replace("$USER", user)))).absolute()
@@ -206,10 +214,7 @@ def plan(args: list[str], *, run_id: str | None = None) -> Plan:
     run_id = run_id or f"{experiment or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     runs_dir = _expand(opt.get("runs_dir") or cluster.runs_dir)
     run_dir = _expand(str(cfg["checkpoint_path"])) if cfg.get("checkpoint_path") else runs_dir / run_id
-    data_raw = os.path.expanduser(str(cfg.get("data_path") or "data"))
-    if cluster.data_dir and not os.path.isabs(data_raw):
-        data_raw = os.path.join(cluster.data_dir, data_raw)
-    data_path = _expand(data_raw)
+    data_path = resolve_data_path(str(cfg.get("data_path") or "data"), cluster)
     venv = opt.get("venv") or (sys.prefix if sys.prefix != sys.base_prefix else None)
     max_requeues = int(opt.get("max_requeues", DEFAULT_MAX_REQUEUES))
     workdir = str(Path.cwd())

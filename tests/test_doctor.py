@@ -132,3 +132,19 @@ def test_memory_limit_marks_batches_that_do_not_fit(tmp_path, monkeypatch):
     assert [r["fits"] for r in report["rows"]] == [True, True, False]
     assert "over the 1 GB limit" in report["rows"][2]["status"]
     assert report["largest_fitting_batch"] == 16
+
+
+def test_config_finds_the_dataset_where_hrm_slurm_puts_it(tmp_path, monkeypatch):
+    """On a cluster with a data_dir (Savio: scratch), a relative data_path means the copy under data_dir."""
+    (tmp_path / "clusters").mkdir()
+    (tmp_path / "clusters" / "mycluster.yaml").write_text(
+        f"name: mycluster\nextends: local\ndata_dir: {tmp_path / 'scratch'}\n")
+    monkeypatch.setenv("HRM_CLUSTERS_DIR", str(tmp_path / "clusters"))
+    monkeypatch.setenv("HRM_CLUSTER", "mycluster")
+    monkeypatch.chdir(tmp_path)
+    make_dataset(tmp_path / "scratch" / "data" / "toy")
+    report = config_report(["+experiment=sudoku_demo", "data_path=data/toy", "global_batch_size=4"], gpus=1)
+    assert report["dataset"]["path"] == str(tmp_path / "scratch" / "data" / "toy") and report["dataset"]["built"]
+    monkeypatch.setenv("HRM_CLUSTER", "local")  # no data_dir: the working directory, where nothing is built
+    report = config_report(["+experiment=sudoku_demo", "data_path=data/toy", "global_batch_size=4"], gpus=1)
+    assert report["dataset"]["path"] == str(tmp_path / "data" / "toy") and not report["dataset"]["built"]
