@@ -185,7 +185,7 @@ main() {
       for a in "$@"; do if [ "$a" = --local ]; then only_local=1; else rest+=("$a"); fi; done
       if [ ${#rest[@]} -eq 0 ] && { [ "$only_local" = 1 ] || ! slurm_here; }; then
         # without Slurm nothing is recorded: gather the runs that run-local made
-        runs_dir="$(profile_get "$ROOT/slurm/clusters/local.yaml" runs_dir)"
+        runs_dir="$(cluster_get local runs_dir)"
         rest=("$runs_dir"/*/)
         [ -d "${rest[0]}" ] || die "no runs in $runs_dir/ to collect yet; fix: ./hrm_savio_setup.sh both EXPERIMENT --local"
       fi

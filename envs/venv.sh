@@ -12,7 +12,7 @@ NEW_VENV=""                 # a venv this run created: the exit trap removes it 
 venv_path() {
   local v="${HRM_VENV:-}" scratch
   if [ -z "$v" ]; then
-    scratch="$(profile_get "$ROOT/slurm/clusters/$CLUSTER.yaml" scratch 2>/dev/null || true)"
+    scratch="$(cluster_get "$CLUSTER" scratch 2>/dev/null || true)"
     scratch="${scratch//\$USER/${USER:-$(id -un)}}"
     # on a cluster the venv goes to scratch: home quotas are small and a venv with torch is ~5 GB
     if [ "$CLUSTER" != local ] && [ -n "$scratch" ] && [ -d "$scratch" ]; then v="$scratch/hrm-savio/venv"

@@ -193,6 +193,29 @@ def test_profile_reader_matches_pyyaml(tmp_path):
             assert r.stdout.splitlines() == expected, (path.name, key)
 
 
+def test_setup_reads_the_users_profile_override_like_the_jobs_do(tmp_path, monkeypatch):
+    from slurm.profiles import load_cluster
+
+    config = tmp_path / "config"
+    (config / "hrm-savio" / "clusters").mkdir(parents=True)
+    (config / "hrm-savio" / "clusters" / "savio.yaml").write_text(
+        "extends: savio\nmodules:\n  - python/3.12  # the lab's build\n  - cuda/12.8\nscratch: /lab/scratch/$USER\n")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "savio.yaml").write_text("extends: savio\nscratch: /fast/$USER\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    for clusters_dir in ("", str(extra)):
+        monkeypatch.setenv("HRM_CLUSTERS_DIR", clusters_dir)
+        cluster = load_cluster("savio")
+        for key in ("modules", "scratch", "lmod_init", "runs_dir"):
+            r = subprocess.run(["bash", "-c", f"ROOT={REPO}; source envs/modules.sh && cluster_get savio {key}"],
+                               cwd=REPO, capture_output=True, text=True, check=True)
+            value = getattr(cluster, key)
+            expected = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+            assert r.stdout.splitlines() == expected, (clusters_dir, key)
+    assert cluster.modules == ("python/3.12", "cuda/12.8") and cluster.scratch == "/fast/$USER"
+
+
 def test_modules_from_the_profile_are_loaded_before_python_is_chosen(tmp_path):
     if not Path("/usr/share/lmod/lmod/init/bash").is_file():
         if os.environ.get("HRM_TEST_SLURM") == "1":
