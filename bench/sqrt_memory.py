@@ -29,28 +29,6 @@ CYCLES = {4: (2, 1), 16: (4, 3), 64: (8, 7), 256: (16, 15)}  # T = H*L + H
 MB = 1024 * 1024
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -59,6 +37,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from hrm.model.hrm_act import HierarchicalReasoningModel_ACTV1, HRMConfig
     from hrm.model.sqrt_bptt import choose_stretch, estimate_activation_bytes, measure_application_bytes
+    from hrm.rss import peak_rss, reset_peak_rss, rss_bytes
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -119,10 +98,10 @@ def worker(args: argparse.Namespace) -> dict:
         peak = torch.cuda.max_memory_allocated() - base
         source = "cuda max_memory_allocated"
     else:
-        base = _rss_bytes()
-        source = "peak RSS (VmHWM)" if _reset_peak_rss() else "peak RSS (ru_maxrss, not reset)"
+        base = rss_bytes()
+        source = "peak RSS (VmHWM)" if reset_peak_rss() else "peak RSS (ru_maxrss, not reset)"
         step()
-        peak = _peak_rss_bytes() - base
+        peak = peak_rss()[0] - base
 
     with torch.no_grad():
         x = inner.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])

@@ -35,6 +35,7 @@ from hrm.dist import DistInfo
 from hrm.model.hrm_act import HRMConfig
 from hrm.model.layers import swiglu_width
 from hrm.model.losses import IGNORE_LABEL_ID
+from hrm.rss import peak_rss
 
 
 @dataclass(frozen=True)
@@ -297,15 +298,7 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, what was measured): the allocator's peak on a GPU, the process' peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024, "peak RSS (VmHWM)"
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS (ru_maxrss)"
+    return peak_rss()
 
 
 def device_name(device: torch.device) -> str:

@@ -338,29 +338,6 @@ def print_config(report: dict) -> None:
 
 # --- memory ------------------------------------------------------------------------------------------
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes(reset: bool = False) -> int:
-    """VmHWM (reset to the current RSS first when asked, Linux >= 4.0); ru_maxrss where that is missing."""
-    if reset:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure_batch(spec: dict) -> dict:
@@ -380,6 +357,7 @@ def measure_batch(spec: dict) -> dict:
     from hrm.model import build_model
     from hrm.model.sqrt_bptt import plan_for_batch
     from hrm.optim import AdamATan2
+    from hrm.rss import peak_rss, reset_peak_rss, rss_bytes
 
     device = torch.device(spec["device"])
     B = spec["batch"]
@@ -391,7 +369,7 @@ def measure_batch(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
 
     def used() -> int:
-        return torch.cuda.memory_allocated() if cuda else _rss_bytes()
+        return torch.cuda.memory_allocated() if cuda else rss_bytes()
 
     base = used()
     try:
@@ -407,7 +385,7 @@ def measure_batch(spec: dict) -> dict:
         plan_for_batch(model, batch)  # grad_mode=sqrt with memory_limit_mb: measure and choose first
         model_bytes = used() - base
         if not cuda:
-            _peak_rss_bytes(reset=True)
+            reset_peak_rss()
         carry = model.initial_carry(batch)
         times = []
         for _ in range(spec["steps"]):
@@ -428,7 +406,7 @@ def measure_batch(spec: dict) -> dict:
     if cuda:
         peak = process_peak = torch.cuda.max_memory_allocated()
     else:
-        process_peak = _peak_rss_bytes()
+        process_peak = peak_rss()[0]
         peak = process_peak - base
     # Timing leaves out the first step (allocator warm-up, lazy initialisation) when there are more.
     timed = times[1:] if len(times) > 1 else times
