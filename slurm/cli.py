@@ -15,7 +15,9 @@ from pathlib import Path
 USAGE_KEYS = """\
 Slurm keys (everything else is a training override passed to hrm-train, e.g. lr=7e-5):
   cluster=savio|local|NAME   partition=NAME   gpus=N (per node)   gpu_type=A5000   nodes=N
-  cpus_per_gpu=N   time=D-HH:MM:SS   mem=32G   account=fc_x   qos=savio_normal   launcher=torchrun|srun
+  cpus_per_gpu=N   time=D-HH:MM:SS   mem=32G   account=fc_x   launcher=torchrun|srun
+  qos=NAME (train and eval; default: chosen per stage from the account, partition and GPU type)
+  qos.data=|qos.train=|qos.eval=|qos.collect=NAME (one stage)
   max_requeues=N   venv=PATH   runs_dir=DIR   data_time=...   eval_time=...
   stages=data,train,eval,collect (only these; default all)   mail=you@berkeley.edu (on failure and at the end)
 """
@@ -39,14 +41,13 @@ def _error(msg: str) -> int:
 def _plan(overrides: list[str]):
     """pipeline.plan, plus the keys handled here: stages= (submit only those) and mail=."""
     from slurm import pipeline
-    from slurm.jobs import add_mail, select_stages, stage_keys
+    from slurm.jobs import add_mail, stage_keys
 
     rest, names, mail = stage_keys(overrides)
     keys = {a.split("=", 1)[0].lstrip("+~") for a in rest}
     if names and "train" not in names and "checkpoint_path" not in keys:
         rest += _last_run(rest)  # eval/collect on their own: the experiment's last run, not a new directory
-    p = pipeline.plan(rest)
-    p.stages = select_stages(p.stages, names, p.data_path)
+    p = pipeline.plan(rest, stage_names=names)
     add_mail(p.stages, mail)
     return p
 
@@ -102,6 +103,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
         )
     table.add_row("total", "", "", "", "", "", f"{total:,.1f}", style="bold")
     console.print(table)
+    account = next((s.request.account for s in p.stages if s.request.account), None)
+    if p.cluster.account_kind(account) == "allowance" and total > 0:
+        # Savio's banking plugin reserves the whole request at submission and refunds what is not used
+        print(f"FCA: needs {total:,.0f} SUs available now; check with check_usage.sh -a {account}")
     print(f"Nothing submitted. Run directory would be {p.run_dir}")
     return 0
 

@@ -42,7 +42,8 @@ class Stage:
     launcher: str = "single"  # single | torchrun (one task per node) | srun (one task per GPU)
     env: dict[str, str] = field(default_factory=dict)  # extra exports, shown in the script
     requeue: bool = False  # train: save on the time-limit / preemption signal and requeue
-    max_requeues: int = 0
+    max_requeues: int = 0  # of the time-limit requeues hrm-slurm makes itself (preemptions do not count)
+    preemptible: bool = False  # on a preemptible QoS: --requeue, so that Slurm requeues it after a preemption
     checkpoint_path: str | None = None  # train/eval: the run directory (status.json, step_N)
     workdir: str | None = None
     mail_user: str | None = None  # mail=ADDRESS: Slurm mails on mail_type events
@@ -79,16 +80,20 @@ def setup_lines(cluster: Cluster, stage: Stage, venv: str | None, wandb_mode: st
     lines.append(f"export OMP_NUM_THREADS={max(1, req.cpus_per_task // max(1, procs_per_task))}")
     if wandb_mode and wandb_mode != "auto":
         lines.append(f"export WANDB_MODE={shlex.quote(wandb_mode)}")
+    # Slurm 22.05-23.02 do not pass sbatch's --cpus-per-task on to srun: each task would get one CPU
+    lines.append("export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK")
     if stage.launcher in ("torchrun", "srun"):
         lines += [
-            "# rendezvous: the first node of the allocation, a port from the job id",
+            "# rendezvous: the first node of the allocation (this script runs there), a port free on it now",
             'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-            "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+            "export MASTER_PORT=$(python -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); "
+            "print(s.getsockname()[1])')",
             f"export WORLD_SIZE=$((SLURM_JOB_NUM_NODES * {max(1, req.gpus)}))",
             "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1",
             "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
         ]
-    for k, v in {**cluster.env, **stage.env}.items():
+    part = cluster.partitions.get(req.partition)
+    for k, v in {**cluster.env, **(part.env if part else {}), **stage.env}.items():
         lines.append(f"export {k}={shlex.quote(v)}")
     return lines
 
@@ -124,7 +129,7 @@ def submitit_parameters(
     if dependency:
         params["dependency"] = dependency
         extra["kill-on-invalid-dep"] = "yes"  # a failed stage cancels what waits on it
-    if stage.requeue:
+    if stage.requeue or stage.preemptible:
         extra["requeue"] = True
     if stage.workdir:
         extra["chdir"] = stage.workdir
@@ -209,15 +214,26 @@ def latest_step(checkpoint_path: str) -> str:
     return str(max(steps, key=lambda p: int(p.name.split("_")[1])))
 
 
+REQUEUES_FILE = "hrm_requeues.txt"  # the time-limit requeues hrm-slurm made (SLURM_RESTART_COUNT adds preemptions)
+
+
+def own_requeues(checkpoint_path: str | None) -> int:
+    try:
+        return int((Path(checkpoint_path or ".") / REQUEUES_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 class StageRun:
     """The callable submitit pickles and runs in each task of the job: runs the stage's command."""
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
         self._proc: subprocess.Popen | None = None
+        self._terminated = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"stage": self.stage, "_proc": None}
+        return {"stage": self.stage, "_proc": None, "_terminated": False}
 
     def argv(self) -> list[str]:
         argv = list(self.stage.argv)
@@ -233,10 +249,16 @@ class StageRun:
                 f"--node-rank={env.get('SLURM_NODEID', '0')}",
                 f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}",
                 f"--master-port={env.get('MASTER_PORT', '29500')}",
+                # torchrun SIGKILLs its workers this long after forwarding SIGTERM (default 30 s): give the
+                # trainer's save the time hrm-slurm itself waits for it
+                f"--shutdown-timeout={self._save_wait()}",
                 "--no-python",
                 *argv,
             ]
         return argv
+
+    def _save_wait(self) -> int:
+        return max(10, signal_delay(self.stage.request.time_min) - 20)
 
     def __call__(self) -> dict[str, Any]:
         rank = int(os.environ.get("SLURM_PROCID", "0"))
@@ -255,12 +277,27 @@ class StageRun:
             elif callable(previous):
                 previous(signum, frame)  # submitit: calls self.checkpoint(), requeues, exits
 
-        if self.stage.requeue:
-            signal.signal(signal.SIGUSR2, on_usr2)
-        self._proc = subprocess.Popen(argv, preexec_fn=_ignore_usr2 if self.stage.requeue else None)
+        def on_term(signum: int, frame: Any) -> None:
+            # Slurm sends SIGTERM to every process of the step: at a preemption (then, after GraceTime, it
+            # kills and requeues the job), a cancel, or the time limit. The stage's process saves by itself.
+            self._terminated = True
+
+        # Only the train stage saves and requeues at the time-limit signal; for the others USR2 means nothing
+        # (its default action would kill an evaluation two minutes before its limit).
+        signal.signal(signal.SIGUSR2, on_usr2 if self.stage.requeue else signal.SIG_IGN)
+        if self.stage.requeue or self.stage.preemptible:
+            signal.signal(signal.SIGTERM, on_term)
+        self._proc = subprocess.Popen(argv, preexec_fn=_ignore_usr2)
         rc = self._wait()
         state = self._status()
         print(f"[hrm-slurm] stage {self.stage.name} exited with {rc}; status {state}", flush=True)
+        if self._terminated and rc != 0:
+            # A job that ends by itself inside its preemption grace time counts as done, not requeued: stay
+            # until Slurm ends the grace time, kills the job and requeues it (or ends it, after a cancel).
+            print("[hrm-slurm] SIGTERM (preemption, cancel or time limit): the stage has stopped; waiting for "
+                  "Slurm to requeue or end the job", flush=True)
+            while True:
+                time.sleep(60)
         if rc != 0 and not (rank != 0 and state.get("state") == "interrupted"):
             raise RuntimeError(f"stage {self.stage.name}: {argv[0]} exited with code {rc}")
         return {"stage": self.stage.name, "returncode": rc, "status": state, "restarts": restarts}
@@ -291,7 +328,7 @@ class StageRun:
         sig = signal.SIGTERM if self.stage.launcher == "torchrun" else signal.SIGUSR1
         print(f"[hrm-slurm] time limit or preemption: sending {sig.name} to the trainer", flush=True)
         self._proc.send_signal(sig)
-        if self._wait(timeout=max(10, signal_delay(self.stage.request.time_min) - 20)) is None:
+        if self._wait(timeout=self._save_wait()) is None:
             print("[hrm-slurm] the trainer did not exit in time; requeueing anyway", flush=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -299,16 +336,21 @@ class StageRun:
         import submitit
 
         self._stop_child()
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        if restarts >= self.stage.max_requeues:
+        done = own_requeues(self.stage.checkpoint_path)
+        if done >= self.stage.max_requeues:
             print(
-                f"[hrm-slurm] not requeueing: {restarts} requeues already "
+                f"[hrm-slurm] not requeueing: {done} time-limit requeues already "
                 f"(max_requeues={self.stage.max_requeues})",
                 flush=True,
             )
             return None
         print(
-            f"[hrm-slurm] requeueing (requeue {restarts + 1} of at most {self.stage.max_requeues})",
+            f"[hrm-slurm] requeueing (requeue {done + 1} of at most {self.stage.max_requeues})",
             flush=True,
         )
+        if self.stage.checkpoint_path:
+            path = Path(self.stage.checkpoint_path) / REQUEUES_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(f"{done + 1}\n")
+            tmp.replace(path)
         return submitit.helpers.DelayedSubmission(StageRun(self.stage), *args, **kwargs)

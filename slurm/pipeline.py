@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slurm import profiles
-from slurm.jobs import Stage, StageRun, submitit_parameters
+from slurm import profiles, qos
+from slurm.jobs import STAGE_NAMES, Stage, StageRun, select_stages, submitit_parameters
 from slurm.profiles import Cluster, RequestError
 
 # Keys of `hrm-slurm submit/preview` that are about Slurm; every other key=value goes to training.
@@ -74,7 +74,7 @@ class Plan:
 
 
 def split_args(args: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
-    """key=value arguments -> (experiment, Slurm options, training overrides)."""
+    """key=value arguments -> (experiment, Slurm options, training overrides). `qos.STAGE=` is a Slurm key."""
     experiment, options, overrides = None, {}, []
     for a in args:
         if "=" not in a:
@@ -83,6 +83,12 @@ def split_args(args: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
         bare = key.lstrip("+~")
         if bare == "experiment":
             experiment = value
+        elif key.startswith("qos."):
+            if key[4:] not in STAGE_NAMES:
+                raise RequestError(
+                    f"{key}: no stage '{key[4:]}'; fix: qos.STAGE= with STAGE one of {', '.join(STAGE_NAMES)}"
+                )
+            options[key] = value
         elif bare in SLURM_KEYS and not key.startswith(("+", "~")):
             options[bare] = value
         else:
@@ -158,8 +164,14 @@ def build_argv(build: dict[str, Any], data_path: Path) -> list[str]:
 # --- the plan ---------------------------------------------------------------------------------------------
 
 
-def plan(args: list[str], *, run_id: str | None = None) -> Plan:
-    """Check everything and build the stages. Raises RequestError (one line) on bad input."""
+def requested_qos(opt: dict[str, str], stage: str) -> str | None:
+    """qos.STAGE= for one stage; qos= (or SAVIO_QOS through the setup script) for the compute stages."""
+    return opt.get(f"qos.{stage}") or (opt.get("qos") if stage in ("train", "eval") else None) or None
+
+
+def plan(args: list[str], *, run_id: str | None = None, stage_names: list[str] | None = None) -> Plan:
+    """Check everything and build the stages (only `stage_names` when given). Raises RequestError (one line)
+    on bad input: the QoS of each stage is checked only for the stages that are sent."""
     from slurm.experiment import compose
 
     experiment, opt, overrides = split_args(args)
@@ -178,7 +190,7 @@ def plan(args: list[str], *, run_id: str | None = None) -> Plan:
         raise RequestError(
             f"launcher=single cannot use {gpus * nodes} GPUs; fix: launcher=torchrun or launcher=srun"
         )
-    common = {"account": opt.get("account"), "qos": opt.get("qos")}
+    common = {"account": opt.get("account")}
     train_req = profiles.resolve(
         cluster,
         partition=pick("partition"),
@@ -259,6 +271,11 @@ def plan(args: list[str], *, run_id: str | None = None) -> Plan:
             workdir=workdir,
         ),
     ]
+    stages = select_stages(stages, stage_names, data_path)
+    for s in stages:
+        s.request = qos.apply(cluster, s.request, s.name, requested_qos(opt, s.name))
+        # a preempted stage on a preemptible QoS is requeued by Slurm, not lost with the chain behind it
+        s.preemptible = qos.preemptible(cluster, s.request)
     return Plan(
         run_id,
         cluster,

@@ -22,11 +22,16 @@ class RequestError(ValueError):
     """Bad input from the user: the message is one line that names the problem and the fix."""
 
 
+QosByKind = dict[str, tuple[str, ...]]  # account kind ("allowance", "condo", "*" for any) -> QoS, preferred first
+
+
 @dataclass(frozen=True)
 class GpuType:
     name: str
     per_node: int
-    cpus_per_gpu: int  # the partition rule: at most this many cores per GPU (the node's share)
+    min_cpus_per_gpu: int = 1  # Savio refuses a job with fewer CPUs per GPU than this
+    cores_per_node: int | None = None  # the node's cores: the most a job on one node can have
+    qos: QosByKind = field(default_factory=dict)  # narrows the partition's QoS for this type (L40: lowprio)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Qos:
     max_time_min: int | None = None
     max_nodes: int | None = None
     preemptible: bool = False
+    su_factor: float = 1.0  # savio_lowprio costs no SUs
 
 
 @dataclass(frozen=True)
@@ -44,11 +50,13 @@ class Partition:
     cores_per_node: int | None = None
     su_per_core_hour: float = 0.0
     per_node_scheduling: bool = False
-    qos: tuple[str, ...] = ()
+    qos: QosByKind = field(default_factory=dict)
     condo_qos_pattern: str | None = None
     gpu_types: dict[str, GpuType] = field(default_factory=dict)
     default_gpu_type: str | None = None
     default: bool = False
+    request_mem: bool = True  # per-core partitions give memory with the cores: --mem is not sent
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,19 +64,27 @@ class Cluster:
     name: str
     source: str
     description: str = ""
+    slurm_cluster: str | None = None  # the ClusterName sacctmgr reports: associations are read only there
     account_required: bool = False
     account_hint: str = ""
     default_account: str | None = None
+    account_kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> account name prefixes
     scratch: str | None = None
     runs_dir: str = "runs"
     data_dir: str | None = None  # where a relative data_path lands (home quotas are small on clusters)
     lmod_init: tuple[str, ...] = ()
     module_use: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
-    default_qos: str | None = None
+    build_modules: tuple[str, ...] = ()  # only for compiling flash-attn (envs/)
     qos: dict[str, Qos] = field(default_factory=dict)
     partitions: dict[str, Partition] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+
+    def account_kind(self, account: str | None) -> str | None:
+        for kind, prefixes in self.account_kinds.items():
+            if account and any(account.startswith(p) for p in prefixes):
+                return kind
+        return None
 
     def default_partition(self, gpus: int = 0) -> Partition:
         """The partition used when the user names none: for GPU jobs the first whose default GPU type has
@@ -221,6 +237,13 @@ def _opt_time(value: Any) -> int | None:
     return None if value is None else parse_time(value)
 
 
+def _qos_by_kind(value: Any) -> QosByKind:
+    """`{allowance: [a, b], condo: [c]}`, or a plain list that holds for every account kind."""
+    if isinstance(value, dict):
+        return {str(k): tuple(v or ()) for k, v in value.items()}
+    return {"*": tuple(value)} if value else {}
+
+
 def _build(name: str, d: dict[str, Any], source: str) -> Cluster:
     qos = {
         q: Qos(
@@ -228,6 +251,7 @@ def _build(name: str, d: dict[str, Any], source: str) -> Cluster:
             _opt_time((v or {}).get("max_time")),
             (v or {}).get("max_nodes"),
             bool((v or {}).get("preemptible")),
+            float((v or {}).get("su_factor", 1.0)),
         )
         for q, v in (d.get("qos") or {}).items()
     }
@@ -235,7 +259,13 @@ def _build(name: str, d: dict[str, Any], source: str) -> Cluster:
     for p, v in (d.get("partitions") or {}).items():
         v = v or {}
         gpus = {
-            t: GpuType(t, int(g["per_node"]), int(g["cpus_per_gpu"]))
+            t: GpuType(
+                t,
+                int(g["per_node"]),
+                int(g.get("min_cpus_per_gpu") or g.get("cpus_per_gpu") or 1),
+                g.get("cores_per_node"),
+                _qos_by_kind(g.get("qos")),
+            )
             for t, g in (v.get("gpu_types") or {}).items()
         }
         parts[p] = Partition(
@@ -244,30 +274,35 @@ def _build(name: str, d: dict[str, Any], source: str) -> Cluster:
             cores_per_node=v.get("cores_per_node"),
             su_per_core_hour=float(v.get("su_per_core_hour") or 0.0),
             per_node_scheduling=bool(v.get("per_node_scheduling")),
-            qos=tuple(v.get("qos") or qos),
+            qos=_qos_by_kind(v.get("qos") if "qos" in v else list(qos)),
             condo_qos_pattern=v.get("condo_qos_pattern"),
             gpu_types=gpus,
             default_gpu_type=v.get("default_gpu_type") or (next(iter(gpus)) if gpus else None),
             default=bool(v.get("default")),
+            request_mem=bool(v.get("request_mem", True)),
+            env={str(k): str(x) for k, x in (v.get("env") or {}).items()},
         )
     if not parts:
         raise RequestError(
             f"cluster profile {source} defines no partitions; fix: add a 'partitions:' mapping"
         )
+    kinds = {str(k): tuple(v or ()) for k, v in (d.get("account_kinds") or {}).items()}
     return Cluster(
         name=name,
         source=source,
         description=d.get("description", ""),
+        slurm_cluster=d.get("slurm_cluster"),
         account_required=bool(d.get("account_required")),
         account_hint=d.get("account_hint", ""),
         default_account=d.get("default_account"),
+        account_kinds=kinds,
         scratch=d.get("scratch"),
         runs_dir=d.get("runs_dir") or "runs",
         data_dir=d.get("data_dir"),
         lmod_init=tuple(d.get("lmod_init") or ()),
         module_use=tuple(d.get("module_use") or ()),
         modules=tuple(d.get("modules") or ()),
-        default_qos=d.get("default_qos"),
+        build_modules=tuple(d.get("build_modules") or ()),
         qos=qos,
         partitions=parts,
         env={str(k): str(v) for k, v in (d.get("env") or {}).items()},
@@ -290,9 +325,9 @@ def resolve(
     time: Any = "01:00:00",
     mem: str | None = None,
     account: str | None = None,
-    qos: str | None = None,
 ) -> Request:
-    """Check a request against the profile and fill in defaults. Raises RequestError with one line."""
+    """Check the shape of a request against the profile and fill in defaults (the QoS is chosen later, per
+    stage and account: slurm/qos.py). Raises RequestError with one line."""
     gpus, nodes = int(gpus or 0), int(nodes or 1)
     if gpus < 0 or nodes < 1:
         raise RequestError(f"gpus={gpus} nodes={nodes}: need gpus >= 0 and nodes >= 1")
@@ -310,24 +345,27 @@ def resolve(
             gpu_parts = [p.name for p in cluster.partitions.values() if p.gpu_types] or ["NAME"]
             msg = f"partition '{part.name}' has no GPUs; fix: partition={gpu_parts[0]} or gpus=0"
             raise RequestError(msg)
-        gname = gpu_type or part.default_gpu_type
-        gt = next((g for g in part.gpu_types.values() if g.name.lower() == str(gname).lower()), None)
-        if gt is None:
-            raise RequestError(
-                f"unknown GPU type '{gname}' on partition '{part.name}' "
-                f"(known: {', '.join(part.gpu_types)}); fix: gpu_type=NAME"
-            )
+        gt = gpu_type_of(part, gpu_type)
         if gpus > gt.per_node:
             raise RequestError(
                 f"gpus={gpus} per node, but a {part.name} {gt.name} node has {gt.per_node}; "
                 f"fix: gpus={gt.per_node} nodes={-(-gpus // gt.per_node) * nodes}"
             )
-        cpg = int(cpus_per_gpu or gt.cpus_per_gpu)
-        if cpg > gt.cpus_per_gpu or cpg < 1:
+        cpg = int(cpus_per_gpu or gt.min_cpus_per_gpu)
+        if cpg < gt.min_cpus_per_gpu:
             raise RequestError(
-                f"cpus_per_gpu={cpg} breaks the {part.name} {gt.name} rule "
-                f"(1 to {gt.cpus_per_gpu} CPUs per GPU); "
-                f"fix: cpus_per_gpu={gt.cpus_per_gpu}"
+                f"cpus_per_gpu={cpg} is under the {part.name} {gt.name} minimum of {gt.min_cpus_per_gpu} "
+                f"CPUs per GPU (Savio refuses the job); fix: cpus_per_gpu={gt.min_cpus_per_gpu}"
+            )
+        if gt.cores_per_node and cpg * gpus > gt.cores_per_node:
+            most = gt.cores_per_node // gpus
+            raise RequestError(
+                f"cpus_per_gpu={cpg} x gpus={gpus} is {cpg * gpus} CPUs, but a {part.name} {gt.name} node "
+                f"has {gt.cores_per_node}; fix: cpus_per_gpu={most}"
+            )
+        if cpg * gpus % ntasks:
+            raise RequestError(
+                f"{cpg * gpus} CPUs do not split over {ntasks} tasks per node; fix: cpus_per_gpu={gt.min_cpus_per_gpu}"
             )
         gpu_type = gt.name
         # one task per node (torchrun) gets all the node's cores, or one task per GPU gets its share
@@ -351,24 +389,6 @@ def resolve(
         raise RequestError(
             f"cluster '{cluster.name}' needs an account; fix: {cluster.account_hint or 'account=NAME'}"
         )
-    qos = qos or cluster.default_qos
-    if qos is not None:
-        allowed = qos in part.qos or bool(part.condo_qos_pattern and re.match(part.condo_qos_pattern, qos))
-        if not allowed:
-            raise RequestError(
-                f"QoS '{qos}' is not allowed on partition '{part.name}' "
-                f"(allowed: {', '.join(part.qos)}); fix: qos={part.qos[0] if part.qos else 'NAME'}"
-            )
-        q = cluster.qos.get(qos)
-        if q and q.max_time_min is not None and time_min > q.max_time_min:
-            raise RequestError(
-                f"time={format_time(time_min)} is over the {qos} limit of {format_time(q.max_time_min)}; "
-                f"fix: time={format_time(q.max_time_min)} or another qos="
-            )
-        if q and q.max_nodes is not None and nodes > q.max_nodes:
-            raise RequestError(
-                f"nodes={nodes} is over the {qos} limit of {q.max_nodes}; fix: nodes={q.max_nodes}"
-            )
     return Request(
         cluster=cluster.name,
         partition=part.name,
@@ -378,19 +398,32 @@ def resolve(
         cpus_per_task=cpus_per_task,
         tasks_per_node=ntasks,
         time_min=time_min,
-        mem=mem,
+        mem=mem if part.request_mem else None,
         account=account,
-        qos=qos,
     )
 
 
+def gpu_type_of(part: Partition, name: str | None) -> GpuType:
+    gname = name or part.default_gpu_type
+    gt = next((g for g in part.gpu_types.values() if g.name.lower() == str(gname).lower()), None)
+    if gt is None:
+        raise RequestError(
+            f"unknown GPU type '{gname}' on partition '{part.name}' "
+            f"(known: {', '.join(part.gpu_types)}); fix: gpu_type=NAME"
+        )
+    return gt
+
+
 def service_units(cluster: Cluster, req: Request, minutes: int | None = None) -> float:
-    """Upper bound of the SUs a job costs: cores x hours x the partition's rate (whole nodes if per-node)."""
+    """Upper bound of the SUs a job costs: cores x hours x the partition's rate (whole nodes if per-node),
+    times the QoS's factor (0 for savio_lowprio)."""
     part = cluster.partitions[req.partition]
     cores = req.cores
     if part.per_node_scheduling and part.cores_per_node:
         cores = req.nodes * part.cores_per_node
-    return cores * (minutes if minutes is not None else req.time_min) / 60.0 * part.su_per_core_hour
+    q = cluster.qos.get(req.qos or "")
+    factor = q.su_factor if q else 1.0
+    return cores * (minutes if minutes is not None else req.time_min) / 60.0 * part.su_per_core_hour * factor
 
 
 def with_time(req: Request, minutes: int) -> Request:

@@ -24,7 +24,7 @@ stop_pid() {
 }
 
 # Order matters: the node, the controller, accounting, its database, then authentication.
-stop_pid slurmd /run/slurm/slurmd.pid
+for f in /run/slurm/slurmd-*.pid /run/slurm/slurmd.pid; do stop_pid "slurmd ${f##*/}" "$f"; done
 stop_pid slurmctld /run/slurm/slurmctld.pid
 stop_pid slurmdbd /run/slurm/slurmdbd.pid
 stop_pid mariadbd /run/mysqld/mysqld.pid
