@@ -66,7 +66,7 @@ def associations(cluster: Cluster, account: str) -> list[Association] | None:
     if not cluster.slurm_cluster:
         return None
     found = user_associations(cluster.slurm_cluster, _user())
-    if found is None:
+    if not found:  # no answer, or a user with no association at all (sbatch will say so)
         return None
     mine = [a for acc, a in found if acc == account]
     if not mine:

@@ -69,8 +69,13 @@ def test_preview_shows_scripts_parameters_and_service_units(tmp_path):
         assert f"# ===== stage {stage}" in out
     assert "#SBATCH --gres=gpu:A5000:8" in out and "#SBATCH --cpus-per-task=32" in out
     assert "#SBATCH --partition=savio4_gpu" in out and "#SBATCH --account=fc_test" in out
-    assert "module load python/3.11.6-gcc-11.4.0 cuda/12.6.0" in out
+    assert "module load python/3.11.6-gcc-11.4.0\n" in out and "cuda" not in out  # audit finding 9
+    assert "#SBATCH --qos=a5k_gpu4_normal" in out and "#SBATCH --qos=savio_normal" in out  # per stage
+    assert "#SBATCH --mem" not in out  # memory comes with the cores on Savio's GPU partitions
+    assert out.count("export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK") >= 4
+    assert "export NCCL_P2P_DISABLE=1" in out
     assert "export MASTER_ADDR=" in out and "torchrun" in out
+    assert "FCA: needs 3,611 SUs available now; check with check_usage.sh -a fc_test" in out
     assert "export WANDB_MODE=online" in out  # a key is configured, so auto means online
     assert SECRET not in out and SECRET not in r.stderr
     assert "Service Units" in out and "3,586.6" in out  # 32 cores x 24 h x 4.67 SU
@@ -114,11 +119,15 @@ BAD_INPUT = [
         "unknown GPU type 'V100'",
     ),
     (["cluster=local", "gpu_type=A5000"], "gpu_type=A5000 but gpus=0"),
-    (["cluster=local", "partition=savio4_gpu", "gpus=6"], "node has 4"),
-    (["cluster=local", "partition=savio4_gpu", "gpus=2", "cpus_per_gpu=3"], "cpus_per_gpu=3 breaks"),
+    (["cluster=local", "partition=savio4_gpu", "gpus=9"], "node has 8"),
+    (["cluster=local", "partition=savio4_gpu", "gpus=2", "cpus_per_gpu=3"], "under the savio4_gpu A5000 minimum of 4"),
+    (["cluster=savio", "account=fc_x", "partition=savio5_gpu", "gpus=1"], "unknown partition 'savio5_gpu'"),
+    (["cluster=savio", "account=fc_x", "gpus=1", "qos=savio_debug"], "not offered to allowance accounts"),
+    (["cluster=savio", "account=fc_x", "qos.trian=savio_normal"], "no stage 'trian'"),
     (["cluster=local", "time=4-00:00:00"], "over the savio3_htc limit"),
     (["cluster=savio", "partition=savio4_gpu", "gpus=1"], "needs an account"),
-    (["cluster=local", "qos=savio_lowprio"], "QoS 'savio_lowprio' is not allowed"),
+    (["cluster=local", "qos=savio_lowprio"], "QoS 'savio_lowprio' for the train job"),
+    (["cluster=local", "qos.data=a5k_gpu4_normal"], "QoS 'a5k_gpu4_normal' for the data job"),
     (["cluster=local", "launcher=mpi", "gpus=2", "partition=savio4_gpu"], "launcher=mpi"),
     (["+experiment=nope", "cluster=local"], "unknown experiment 'nope'"),
 ]
@@ -257,3 +266,39 @@ def test_arc_pipelines_vote_and_collect_reports_pass_at_k(tmp_path, monkeypatch)
     row = summarize(run)
     assert row["eval_step"] == 40 and row["all/exact_accuracy"] == 0.5
     assert row["arc/pass@1"] == 0.25 and row["arc/pass@2"] == 0.5 and "arc/tasks" not in row
+
+
+def test_a_preemptible_qos_requeues_every_stage_and_a_firm_one_only_train(tmp_path, monkeypatch):
+    """Audit finding 13: on savio_lowprio a preempted data/eval/collect job must come back, not be cancelled
+    with the chain behind it."""
+    monkeypatch.chdir(tmp_path)
+
+    def requeued(*args: str) -> set[str]:
+        p = pipeline.plan(["+experiment=sudoku_full", "cluster=savio", *args])
+        return {s.name for s in p.stages if p.parameters(s).get("additional_parameters", {}).get("requeue")}
+
+    assert requeued("account=fc_lab") == {"train"}
+    assert requeued("account=fc_lab", "qos=savio_lowprio") == {"train", "eval"}
+    assert requeued("account=co_lab") == {"data", "train", "eval", "collect"}
+    fca = pipeline.plan(["+experiment=sudoku_full", "cluster=savio", "account=fc_lab"])
+    assert [s.request.qos for s in fca.stages] == ["savio_normal", "a5k_gpu4_normal", "a5k_gpu4_normal", "savio_normal"]
+    condo = pipeline.plan(["+experiment=sudoku_full", "cluster=savio", "account=co_lab"])
+    assert {s.request.qos for s in condo.stages} == {"savio_lowprio"} and all(s.preemptible for s in condo.stages)
+
+
+def test_torchrun_gets_the_save_time_and_only_own_requeues_count(tmp_path, monkeypatch):
+    from slurm.jobs import REQUEUES_FILE, StageRun, own_requeues
+
+    monkeypatch.chdir(tmp_path)
+    p = pipeline.plan(["+experiment=maze", "cluster=savio", "account=fc_lab", "time=10:00:00"])
+    train = next(s for s in p.stages if s.name == "train")
+    argv = StageRun(train).argv()
+    assert argv[0] == "torchrun" and "--shutdown-timeout=100" in argv and "--nproc-per-node=4" in argv
+    train.checkpoint_path = str(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "7")  # preemptions count here too; they must not stop requeues
+    assert own_requeues(train.checkpoint_path) == 0
+    run = StageRun(train)
+    assert run.checkpoint() is not None and own_requeues(train.checkpoint_path) == 1
+    (tmp_path / "run" / REQUEUES_FILE).write_text(f"{train.max_requeues}\n")
+    assert run.checkpoint() is None
