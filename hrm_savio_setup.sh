@@ -49,7 +49,7 @@ Actions:
 
 data, train, eval and both run setup first (a no-op when done), then submit Slurm jobs where `sbatch`
 exists, else (or with --local) run on this machine. KEY=VALUE goes to hrm-slurm: Slurm keys (gpus=4
-time=12:00:00 qos=savio_debug ...) or training overrides (lr=7e-5 epochs=100 ...). --kernel: also
+time=12:00:00 qos=savio_lowprio ...) or training overrides (lr=7e-5 epochs=100 ...). --kernel: also
 register the Jupyter kernel "HRM (hrm-savio)" (always done on a cluster, for Open OnDemand).
 
 Experiments:
@@ -62,10 +62,15 @@ Experiments:
 
 Environment:
   SAVIO_ACCOUNT    the Slurm account jobs are charged to, e.g. fc_myproject (required on Savio)
-  SAVIO_QOS        QoS, e.g. savio_debug for a short test (default savio_normal)
+  SAVIO_QOS        QoS of the train and eval stages (default: chosen per stage from the account and GPU
+                   type, e.g. a5k_gpu4_normal for an FCA on savio4_gpu, savio_lowprio for a condo);
+                   per stage: qos.data= qos.train= qos.eval= qos.collect=
   SAVIO_PARTITION  the training partition (default: the first with enough GPUs per node)
   SAVIO_EMAIL      mail when a job fails and when the last one ends
-  HRM_VENV         the venv (default .venv here; /global/scratch/users/$USER/hrm-savio/venv on Savio)
+  HRM_VENV         the venv (default .venv here; $HOME/hrm-savio/venv on Savio: home is backed up and
+                   never purged; datasets and runs stay on scratch)
+  HRM_FLASH        0: skip flash-attn; 1: build it (the default, except on a cluster's login node, where
+                   setup prints the srun line that builds it in a GPU job)
   HRM_CLUSTER      the cluster profile in slurm/clusters/ (default savio on Savio, else local)
   HRM_TORCH        cpu or cu126 (default cu126 on a cluster or with nvidia-smi, else cpu)
   WANDB_API_KEY    log to W&B online; never printed nor written to a file by this tool
@@ -147,7 +152,7 @@ pipeline() {
     [ -z "${SAVIO_PARTITION:-}" ] || savio+=("partition=$SAVIO_PARTITION")
     [ -z "${SAVIO_EMAIL:-}" ] || savio+=("mail=$SAVIO_EMAIL")
   elif [ "$CLUSTER" != local ] && [ -z "${SLURM_JOB_ID:-}" ] && [ "$action" != data ]; then
-    die "$action $exp would run on this login node; fix: let Slurm run it (./hrm_savio_setup.sh $action $exp, without --local), or get a compute node first (srun -A \$SAVIO_ACCOUNT -p savio4_gpu --gres=gpu:A5000:1 -c 4 -t 2:00:00 --pty bash)"
+    die "$action $exp would run on this login node; fix: let Slurm run it (./hrm_savio_setup.sh $action $exp, without --local), or get a compute node first (srun -A \$SAVIO_ACCOUNT -p savio4_gpu --gres=gpu:A5000:1 -c 4 -q a5k_gpu4_normal -t 2:00:00 --pty bash)"
   fi
   setup_env; activate_env
   if [ "$mode" = slurm ]; then

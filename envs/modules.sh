@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# The cluster's Lmod modules, read from its profile NAME.yaml (the package's or the user's): the same list
-# the job scripts load (slurm/jobs.py), so set-up and jobs cannot drift apart. Read with awk, not Python:
-# this runs before the venv exists, and a login node's system Python may be old or lack PyYAML.
+# The cluster's Lmod modules, read from its profile NAME.yaml (the package's or the user's): `modules`, the
+# same list the job scripts load (slurm/jobs.py), so set-up and jobs cannot drift apart, and `build_modules`,
+# loaded only while flash-attn compiles. Read with awk, not Python: this runs before the venv exists, and a
+# login node's system Python may be old or lack PyYAML.
 # Sourced by hrm_savio_setup.sh (ROOT, say, die).
 
 # profile_get FILE KEY: a top-level key's value, one item a line: a flow list [a, b], a block list (- a),
@@ -40,16 +41,18 @@ cluster_get() {
 }
 
 MODULES_LOADED=""  # once per run: set-up and activation both ask
+MODULE_NAMES=""    # what module_load_key last loaded (a variable, not output: `module` must run in this shell)
 
-# load_cluster_modules NAME: `module use` and `module load` what the profile lists; nothing for a profile
-# without modules (a laptop, the local test cluster).
-load_cluster_modules() {
-  local mods=() uses=() inits=() line f
-  [ -z "$MODULES_LOADED" ] || return 0
-  MODULES_LOADED=1
-  while IFS= read -r line; do mods+=("$line"); done < <(cluster_get "$1" modules)
-  while IFS= read -r line; do uses+=("$line"); done < <(cluster_get "$1" module_use)
+# module_load_key NAME KEY: `module use` the profile's module_use, then `module load` its KEY list: `modules`
+# (what jobs load) or `build_modules` (only for compiling flash-attn). Nothing for a profile without that key.
+# Status 0 when loaded or nothing to load, 1 when the load fails, 2 when there is no `module` command.
+module_load_key() {
+  local mods=() uses=() inits=() line f rc=0 had_u=""
+  MODULE_NAMES=""
+  while IFS= read -r line; do mods+=("$line"); done < <(cluster_get "$1" "$2")
   [ ${#mods[@]} -gt 0 ] || return 0
+  while IFS= read -r line; do uses+=("$line"); done < <(cluster_get "$1" module_use)
+  case "$-" in *u*) had_u=1 ;; esac
   set +u  # Lmod's shell code reads unset variables
   if ! type module >/dev/null 2>&1; then  # a non-login shell has no `module` function yet
     while IFS= read -r line; do inits+=("$line"); done < <(cluster_get "$1" lmod_init)
@@ -59,14 +62,39 @@ load_cluster_modules() {
     done
   fi
   if ! type module >/dev/null 2>&1; then
-    set -u
-    die "no 'module' command (Lmod) on this machine; fix: run this on a $1 node, or HRM_CLUSTER=local for a laptop"
+    rc=2
+  else
+    for f in "${uses[@]}"; do module use "$f"; done
+    module load "${mods[@]}" || rc=1
   fi
-  for f in "${uses[@]+"${uses[@]}"}"; do module use "$f"; done
-  if ! module load "${mods[@]}"; then
-    set -u
-    die "module load ${mods[*]} failed; fix: find the right names with 'module avail' and put them in modules: of your profile (~/.config/hrm-savio/clusters/$1.yaml, extends: $1)"
-  fi
-  set -u
-  say "modules loaded: ${mods[*]}"
+  [ -z "$had_u" ] || set -u
+  MODULE_NAMES="${mods[*]}"
+  return "$rc"
+}
+
+# load_cluster_modules NAME: the profile's `modules`, the ones the job scripts load too; nothing for a profile
+# without modules (a laptop, the local test cluster).
+load_cluster_modules() {
+  local rc=0
+  [ -z "$MODULES_LOADED" ] || return 0
+  MODULES_LOADED=1
+  module_load_key "$1" modules || rc=$?
+  case "$rc" in
+    0) [ -z "$MODULE_NAMES" ] || say "modules loaded: $MODULE_NAMES" ;;
+    2) die "no 'module' command (Lmod) on this machine; fix: run this on a $1 node, or HRM_CLUSTER=local for a laptop" ;;
+    *) die "module load $MODULE_NAMES failed; fix: find the right names with 'module avail' and put them in modules: of your profile (~/.config/hrm-savio/clusters/$1.yaml, extends: $1)" ;;
+  esac
+}
+
+# load_build_modules NAME: the profile's `build_modules` (on Savio gcc/11.4.0 cuda/12.6.0: nvcc for flash-attn).
+# Call it in a subshell around the build only: jobs never load them, and the venv must work without them.
+# A failure is one line, not an error (flash-attn is optional); status 1 then.
+load_build_modules() {
+  local rc=0
+  module_load_key "$1" build_modules || rc=$?
+  case "$rc" in
+    0) [ -z "$MODULE_NAMES" ] || say "build modules loaded for this step only: $MODULE_NAMES" ;;
+    2) say "flash-attn not tried (attention uses PyTorch SDPA): no 'module' command (Lmod) to load $MODULE_NAMES; fix: run set-up on a $1 node"; return 1 ;;
+    *) say "flash-attn not tried (attention uses PyTorch SDPA): module load $MODULE_NAMES failed; fix: put the right names (module spider cuda) in build_modules: of ~/.config/hrm-savio/clusters/$1.yaml (extends: $1)"; return 1 ;;
+  esac
 }
