@@ -67,7 +67,7 @@ Environment:
                    per stage: qos.data= qos.train= qos.eval= qos.collect=
   SAVIO_PARTITION  the training partition (default: the first with enough GPUs per node)
   SAVIO_EMAIL      mail when a job fails and when the last one ends
-  HRM_VENV         the venv (default .venv here; $HOME/hrm-savio/venv on Savio: home is backed up and
+  HRM_VENV         the venv (default .venv here; $HOME/.venvs/hrm-savio on Savio: home is backed up and
                    never purged; datasets and runs stay on scratch)
   HRM_FLASH        0: skip flash-attn; 1: build it (the default, except on a cluster's login node, where
                    setup prints the srun line that builds it in a GPU job)

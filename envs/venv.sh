@@ -22,7 +22,7 @@ venv_path() {
   if [ -z "$v" ]; then
     # on a cluster the venv goes to home (Savio: 30 GB, backed up, never purged; a torch venv is 5-7 GB), where
     # no scratch purge can take half of it; datasets and runs stay on scratch (the profile's data_dir, runs_dir)
-    if [ "$CLUSTER" != local ]; then v="$HOME/hrm-savio/venv"; else v="$ROOT/.venv"; fi
+    if [ "$CLUSTER" != local ]; then v="$HOME/.venvs/hrm-savio"; else v="$ROOT/.venv"; fi
   fi
   case "$v" in /*) echo "$v" ;; *) echo "$START_DIR/$v" ;; esac
 }
@@ -207,7 +207,8 @@ register_kernel() {
   local py="$1/bin/python" spec
   spec="$("$py" -c 'from jupyter_core.paths import jupyter_data_dir; print(jupyter_data_dir())')/kernels/hrm/kernel.json"
   if [ -f "$spec" ] && grep -qF "\"$py\"" "$spec"; then return 1; fi
-  "$py" -m ipykernel install --user --name hrm --display-name "HRM (hrm-savio)" >/dev/null \
+  # PYTHONPATH cleared: BRC's Jupyter app loads the anaconda3 module, whose site-packages must not leak in
+  "$py" -m ipykernel install --user --name hrm --display-name "HRM (hrm-savio)" --env PYTHONPATH "" >/dev/null \
     || die "Jupyter kernel registration failed; fix: $py -m pip install ipykernel, then re-run setup"
   say "Jupyter kernel 'HRM (hrm-savio)' registered ($spec): Open OnDemand's Jupyter lists it"
 }

@@ -1,15 +1,20 @@
 """The training config: where it lives, how it is checked, and how runs are named.
 
-Checks here run before any model is built or any file is written, so bad input costs one line.
+Checks here run before any model is built or any file is written, so bad input costs one line. Importing this
+module registers the `hrm_minutes` OmegaConf resolver, which the Hydra launcher configs use for timeout_min.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
+from typing import Any
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from hrm.data.format import DatasetMetadata
 
@@ -71,6 +76,63 @@ def auto_names(cfg: DictConfig) -> tuple[str, str, str]:
     run = cfg.run_name or f"HierarchicalReasoningModel_ACTV1 {random.choice(_WORDS_A)}-{random.choice(_WORDS_B)}"
     path = cfg.checkpoint_path or str(Path("checkpoints") / project / run)
     return project, run, path
+
+
+def sweep_point_names(sweep_dir: str, job_num: int) -> tuple[str, str]:
+    """Run name and checkpoint path of point `job_num` of a Hydra multirun, for when neither is set.
+
+    Both follow from the sweep directory and the point's number only, so a point that Slurm/submitit requeues
+    (hydra-submitit runs the point again with the same number) resumes its own checkpoint instead of starting
+    over under a new random name. The directory is Hydra's own job directory (hydra.sweep.dir/hydra.job.num).
+    """
+    run_dir = Path(sweep_dir).absolute() / str(job_num)
+    return f"HierarchicalReasoningModel_ACTV1 {Path(sweep_dir).name}#{job_num}", str(run_dir)
+
+
+# Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+_SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def slurm_minutes(value: Any) -> int:
+    """A Slurm time limit (a string in one of Slurm's formats, or an int of minutes) in whole minutes, rounded up."""
+    fix = "fix: resources.time=HH:MM:SS, D-HH:MM:SS or minutes, e.g. resources.time=06:00:00"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"time limit {value!r} is not a Slurm time; {fix}")
+    if isinstance(value, int):
+        minutes = value
+    else:
+        m = _SLURM_TIME.fullmatch(value.strip())
+        if m is None:
+            raise ValueError(f"time limit {value!r} is not a Slurm time; {fix}")
+        days, a, b, c = (int(g) if g is not None else None for g in m.groups())
+        if days is not None:  # D-H, D-H:M, D-H:M:S
+            seconds = ((days * 24 + a) * 60 + (b or 0)) * 60 + (c or 0)
+        elif c is not None:  # H:M:S
+            seconds = (a * 60 + b) * 60 + c
+        elif b is not None:  # M:S
+            seconds = a * 60 + b
+        else:  # M
+            seconds = a * 60
+        minutes = -(-seconds // 60)
+    if minutes < 1:
+        raise ValueError(f"time limit {value!r} is not a positive time; {fix}")
+    return minutes
+
+
+class ResolverError(InterpolationResolutionError, CompactHydraException):
+    """Bad input found by one of our resolvers: OmegaConf passes it through as is, and Hydra prints its message
+    (and the key it came from) without a traceback."""
+
+
+def _minutes_resolver(value: Any, default: Any = 60) -> int:
+    """${hrm_minutes:TIME,DEFAULT}: TIME in minutes, or DEFAULT (also a Slurm time) when TIME is null or empty."""
+    try:
+        return slurm_minutes(default if value is None or value == "" else value)
+    except ValueError as e:
+        raise ResolverError(str(e)) from None
+
+
+OmegaConf.register_new_resolver("hrm_minutes", _minutes_resolver, replace=True)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

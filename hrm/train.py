@@ -3,11 +3,17 @@
 Runs on CPU, one GPU, `torchrun --nproc-per-node N`, or ranks started by `srun`. Re-running the same
 command with the same checkpoint_path resumes from the latest full state; SIGTERM / SIGUSR1 save the
 state and exit with code 3 (Slurm's pre-emption and time-limit signals).
+
+As a Hydra multirun (`hrm-train -m`), each sweep point without its own checkpoint_path/run_name trains in
+hydra.sweep.dir/<point number>, so that a point hydra-submitit requeues resumes there. Under hydra-submitit,
+submitit's preemption signal (USR2) first stops training and saves the state, then goes to submitit's handler
+(which requeues the point and exits).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -19,7 +25,7 @@ import torch.distributed as torch_dist
 from omegaconf import DictConfig, OmegaConf
 
 from hrm import dist, runstate
-from hrm.config import auto_names, config_dir, resume_differences, to_container, validate_config
+from hrm.config import auto_names, config_dir, resume_differences, sweep_point_names, to_container, validate_config
 from hrm.data.format import DatasetError, atomic_write_bytes, read_metadata, validate_dataset
 from hrm.track import Tracker, console
 
@@ -135,6 +141,51 @@ def train_step(step_model: torch.nn.Module, carry, batch: dict[str, torch.Tensor
         opt.step()
         opt.zero_grad()
     return carry, metrics
+
+
+class SubmititSignal:
+    """Defers submitit's preemption/time-limit handler until the training state is saved.
+
+    hydra-submitit runs the task in submitit's own job process, where a USR2 (Slurm's --signal, SUBMITIT_PREEMPT_SIGNAL
+    to change it) calls submitit's handler at once: it requeues the job and exits, and steps since the last save
+    are lost. While training runs, the signal only asks the loop to stop (like SIGUSR1); `forward()` then calls
+    submitit's handler. Outside submitit (no handler of its own installed) this does nothing.
+    """
+
+    def __init__(self, stop: runstate.StopSignal):
+        self.stop = stop
+        self.signum: int | None = None
+        self.handler = None
+        self.received = False
+        if "submitit" not in sys.modules:  # submitit installs its handler only after importing itself
+            return
+        from submitit.core.job_environment import JobEnvironment, SignalHandler
+
+        try:
+            signum = JobEnvironment._usr_sig()
+        except RuntimeError:
+            return
+        handler = signal.getsignal(signum)
+        if isinstance(getattr(handler, "__self__", None), SignalHandler):
+            self.signum, self.handler = signum, handler
+
+    def install(self) -> SubmititSignal:
+        if self.handler is not None:
+            signal.signal(self.signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        self.stop.received = signal.Signals(signum).name
+
+    def uninstall(self) -> None:
+        if self.handler is not None:
+            signal.signal(self.signum, self.handler)
+
+    def forward(self) -> None:
+        """Hand a signal caught during training to submitit (requeue and exit), once the state is saved."""
+        if self.handler is not None and self.received:
+            self.handler(self.signum, None)
 
 
 def _broadcast_names(cfg: DictConfig, info: dist.DistInfo) -> tuple[str, str, str]:
@@ -254,6 +305,7 @@ def train(cfg: DictConfig) -> int:
 
     limit = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     stop = runstate.StopSignal().install()
+    submitit_signal = SubmititSignal(stop).install()
     last_state_time = time.time()
     reporter = Reporter(info.is_main, limit, pos.step)
 
@@ -315,14 +367,17 @@ def train(cfg: DictConfig) -> int:
             last_state_time = time.time()
     finally:
         reporter.close()
+        submitit_signal.uninstall()
         stop.uninstall()
     if interrupted:
         save_state()
         status("interrupted")
         if info.is_main:
-            console.print(f"[yellow]{stop.received}: state saved at step {pos.step}; run the same command to resume[/]")
+            then = "submitit requeues this point" if submitit_signal.received else "run the same command to resume"
+            console.print(f"[yellow]{stop.received}: state saved at step {pos.step}; {then}[/]")
         tracker.finish()
         dist.teardown()
+        submitit_signal.forward()  # under hydra-submitit: requeue this point and exit
         return runstate.EXIT_INTERRUPTED
     status("finished" if pos.iteration >= total_iters or pos.step >= total_steps else "stopped")
     if info.is_main:
@@ -334,6 +389,12 @@ def train(cfg: DictConfig) -> int:
 
 @hydra.main(config_path=str(config_dir()), config_name="cfg_pretrain", version_base=None)
 def _hydra_entry(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN and cfg.checkpoint_path is None and cfg.run_name is None:
+        cfg.run_name, cfg.checkpoint_path = sweep_point_names(hc.sweep.dir, hc.job.num)
     code = train(cfg)
     if code:
         sys.exit(code)

@@ -176,6 +176,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 s.get("log") or "",
             )
         console.print(table)
+        for s in rec["stages"]:  # a job that ended badly: what happened, in one line
+            st = states.get(s.get("job_id") or "", {})
+            if queue.is_done(st.get("state", "")) and st.get("state") != "COMPLETED":
+                print(f"{s['name']} {s['job_id']}: {st['state']} after {st.get('elapsed') or '?'} on "
+                      f"{st.get('node') or '?'}: {queue.why(s.get('log'))}")
     return 0
 
 

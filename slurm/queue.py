@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 TERMINAL = {
@@ -59,3 +60,18 @@ def job_states(job_ids: list[str]) -> dict[str, dict[str, Any]]:
 
 def is_done(state: str) -> bool:
     return state.split()[0] in TERMINAL if state else False
+
+
+_CAUSE = ("Error", "error:", "Killed", "exited with code", "Traceback", "CANCELLED", "TIME LIMIT")
+
+
+def why(log_path: str | None) -> str:
+    """The line of a job's log that says best why it ended: the last error its stage printed."""
+    try:
+        lines = Path(log_path or "").read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    found = [x.strip() for x in lines if any(c in x for c in _CAUSE) and "submitit" not in x[:12]]
+    causes = [x for x in found if "Error" in x and not x.startswith(("raise", "File "))]
+    text = (causes or found or ["no error in the log"])[-1]
+    return text if len(text) <= 200 else text[:197] + "..."

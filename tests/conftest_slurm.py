@@ -88,3 +88,53 @@ def wait_jobs_done(job_ids: list[str], timeout: float) -> dict[str, dict]:
         return None
 
     return wait_for(done, timeout, f"jobs {job_ids} to finish", interval=2.0)  # type: ignore[return-value]
+
+
+def describe(rec: dict) -> str:
+    """What each job of a recorded pipeline is doing: its state, and the end of its log."""
+    from slurm import queue
+
+    ids = [s["job_id"] for s in rec["stages"] if s.get("job_id")]
+    states = queue.job_states(ids)
+    out = []
+    for s in rec["stages"]:
+        if not s.get("job_id"):
+            continue
+        log = Path(s["log"]).read_text(errors="replace")[-1500:] if Path(s["log"]).is_file() else "(no log yet)"
+        out.append(f"--- {s['name']} {s['job_id']}: {states.get(s['job_id'])}\n{log}")
+    return "\n".join(out)
+
+
+def _progress(rec: dict) -> tuple:
+    """Anything that moves while a pipeline works: job states and restarts, log sizes, the run's step."""
+    from slurm import queue
+
+    ids = [s["job_id"] for s in rec["stages"] if s.get("job_id")]
+    states = queue.job_states(ids)
+    logs = tuple(Path(s["log"]).stat().st_size if s.get("log") and Path(s["log"]).is_file() else 0
+                 for s in rec["stages"])
+    status = Path(rec["run_dir"]) / "status.json"
+    step = json.loads(status.read_text()).get("step") if status.is_file() else None
+    return tuple((j, states.get(j, {}).get("state"), states.get(j, {}).get("restarts")) for j in ids), logs, step
+
+
+def wait_pipeline(rec: dict, stall: float = 600, limit: float = 3600) -> dict[str, dict]:
+    """Wait until every job of the pipeline has ended, for as long as it makes progress: a busy machine only
+    makes it slower. Fails, saying what each job was doing, after `stall` s without any change."""
+    from slurm import queue
+
+    ids = [s["job_id"] for s in rec["stages"] if s.get("job_id")]
+    start = last_change = time.monotonic()
+    seen = None
+    while True:
+        states = queue.job_states(ids)
+        if all(queue.is_done(states.get(j, {}).get("state", "")) for j in ids):
+            return states
+        now = time.monotonic()
+        mark = _progress(rec)
+        if mark != seen:
+            seen, last_change = mark, now
+        if now - last_change > stall or now - start > limit:
+            raise AssertionError(f"pipeline {rec['id']} made no progress for {now - last_change:.0f} s "
+                                 f"({now - start:.0f} s in all):\n{describe(rec)}")
+        time.sleep(2.0)

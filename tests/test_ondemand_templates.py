@@ -148,7 +148,7 @@ def test_manifest_and_form_are_a_batch_connect_app_on_brc():
     assert set(FORM["form"]) == set(FORM["attributes"])
     assert FORM["cluster"] == "brc"  # BRC's OnDemand cluster id, as its own apps use
     assert FORM["attributes"]["hrm_qos"]["value"] == ""  # chosen per GPU type and account kind
-    assert FORM["attributes"]["hrm_venv"]["value"] == "$HOME/hrm-savio/venv"
+    assert FORM["attributes"]["hrm_venv"]["value"] == "$HOME/.venvs/hrm-savio"
     assert os.access(APP / "template" / "script.sh.erb", os.X_OK)
 
 

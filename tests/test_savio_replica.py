@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import RAW
-from conftest_slurm import slurm_cluster, slurm_home, wait_for, wait_jobs_done  # noqa: F401  (fixtures)
+from conftest_slurm import describe, slurm_cluster, slurm_home, wait_for, wait_pipeline  # noqa: F401
 from test_slurm_cluster import TINY, cli, hrm, job_ids, sudoku_csv  # noqa: F401  (fixture)
-
-from slurm import queue
 
 pytestmark = pytest.mark.slurm
 
@@ -116,19 +114,8 @@ def tiny_build(experiment: str, sudoku_csv: Path, arc_raw: Path) -> list[str]:  
     return [f"+build.args.dataset_dirs={arc_raw}", "build.args.num_aug=1"]
 
 
-def describe(rec: dict) -> str:
-    """What each job of a pipeline was doing: its state, and the end of its log."""
-    states = queue.job_states(job_ids(rec))
-    out = []
-    for s in rec["stages"]:
-        if not s.get("job_id"):
-            continue
-        log = Path(s["log"]).read_text()[-1500:] if Path(s["log"]).is_file() else "(no log yet)"
-        out.append(f"--- {s['name']} {s['job_id']}: {states.get(s['job_id'])}\n{log}")
-    return "\n".join(out)
-
-
-MATRIX = [(e, a) for e in ("sudoku_full", "maze", "arc1", "arc2") for a in ("fc_test", "co_test")]
+MATRIX = [(e, a, ()) for e in ("sudoku_full", "maze", "arc1", "arc2") for a in ("fc_test", "co_test")]
+MATRIX.append(("arc1", "fc_test", ("nodes=2",)))  # 2 x 8 A5000, 16 ranks: `preview arc1 nodes=2` as it runs
 
 
 def test_every_experiment_is_accepted_and_runs_for_both_account_kinds(
@@ -136,8 +123,8 @@ def test_every_experiment_is_accepted_and_runs_for_both_account_kinds(
 ):
     """All eight pipelines are submitted at once (the replica has room for them to queue), then waited on."""
     records = {}
-    for experiment, account in MATRIX:
-        home = slurm_home / f"{experiment}-{account}"
+    for experiment, account, extra in MATRIX:
+        home = slurm_home / f"{experiment}-{account}{'-'.join(('',) + extra)}"
         home.mkdir()
         r = cli(
             [
@@ -155,18 +142,19 @@ def test_every_experiment_is_accepted_and_runs_for_both_account_kinds(
                 "time=00:30:00",
                 "data_time=00:20:00",
                 "eval_time=00:20:00",
+                *extra,
             ],
             slurm_home,
             timeout=300,
         )
         assert r.returncode == 0, (experiment, account, r.stderr[-2000:])
         (rec_path,) = [p for p in (slurm_home / "home" / "pipelines").glob("*.json")
-                       if json.loads(p.read_text())["run_dir"].startswith(str(home))]
-        records[(experiment, account)] = json.loads(rec_path.read_text())
+                       if json.loads(p.read_text())["run_dir"].startswith(f"{home}/")]
+        records[(experiment, account, extra)] = json.loads(rec_path.read_text())
     want_qos = {"fc_test": {"data": "savio_normal", "train": "a5k_gpu4_normal"},
                 "co_test": {"data": "savio_lowprio", "train": "test_gpu4_normal"}}
-    for (experiment, account), rec in records.items():
-        states = wait_jobs_done(job_ids(rec), timeout=1800)
+    for (experiment, account, extra), rec in records.items():
+        states = wait_pipeline(rec)
         assert all(states[j]["state"] == "COMPLETED" for j in job_ids(rec)), (experiment, account, describe(rec))
         qos_of = {s["name"]: s["request"]["qos"] for s in rec["stages"]}
         assert qos_of["data"] == want_qos[account]["data"] and qos_of["train"] == want_qos[account]["train"]
@@ -177,6 +165,7 @@ def test_every_experiment_is_accepted_and_runs_for_both_account_kinds(
         if experiment.startswith("arc"):
             train_log = Path(rec["stages"][1]["log"]).read_text()
             assert "torchrun" in train_log and "--nproc-per-node=8" in train_log
+            assert f"--nnodes={2 if extra else 1}" in train_log and f"x{16 if extra else 8}" in train_log
 
 
 @pytest.fixture(scope="session")
@@ -236,7 +225,7 @@ def test_a_preempted_lowprio_eval_job_is_requeued_and_the_pipeline_ends(
     assert pre.returncode == 0, pre.stderr
     out = slurm_home / "preemptor.out"
     wait_for(lambda: out.is_file() and "preemptor ran" in out.read_text(), 300, "the preemptor to run")
-    states = wait_jobs_done(job_ids(rec), timeout=900)
+    states = wait_pipeline(rec)
     text = log.read_text()
     assert "exited with 0" not in text.split("stage eval (restart 1)")[0], "the eval ended before the preemption"
     assert all(states[j]["state"] == "COMPLETED" for j in job_ids(rec)), describe(rec)

@@ -106,7 +106,7 @@ def test_help_shows_every_action_and_experiment_consistent_with_configs_and_read
     for var in ("SAVIO_ACCOUNT", "SAVIO_QOS", "SAVIO_PARTITION", "SAVIO_EMAIL"):
         assert var in r.stdout and f"`{var}`" in (REPO / "README.md").read_text()
     # FCA associations have no savio_debug on the GPU partitions: never offered as the example
-    assert "savio_debug" not in r.stdout and "qos.train=" in r.stdout and "$HOME/hrm-savio/venv" in r.stdout
+    assert "savio_debug" not in r.stdout and "qos.train=" in r.stdout and "$HOME/.venvs/hrm-savio" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -374,7 +374,7 @@ def test_a_marked_venv_that_no_longer_works_is_made_again(tmp_path, damage):
 def test_venv_defaults_to_home_on_a_cluster_and_names_the_old_one_on_scratch(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    for cluster, expected in (("savio", home / "hrm-savio" / "venv"), ("local", REPO / ".venv")):
+    for cluster, expected in (("savio", home / ".venvs" / "hrm-savio"), ("local", REPO / ".venv")):
         r = source_envs("venv_path", {"HOME": str(home)}, cluster=cluster)
         assert r.stdout.strip() == str(expected), r.stderr
     r = source_envs("venv_path", {"HOME": str(home), "HRM_VENV": "rel/venv"})
@@ -386,9 +386,9 @@ def test_venv_defaults_to_home_on_a_cluster_and_names_the_old_one_on_scratch(tmp
     env = {**profile_override(tmp_path, f"modules: []\nscratch: {tmp_path}/scratch/$USER\n"), "USER": "me",
            "HOME": str(home), "HRM_CLUSTER": "savio", "HRM_VENV": ""}
     line = one_error_line(run(["status"], tmp_path, env))
-    assert f"no complete environment at {home}/hrm-savio/venv" in line and f"export HRM_VENV={old}" in line
+    assert f"no complete environment at {home}/.venvs/hrm-savio" in line and f"export HRM_VENV={old}" in line
     r = run(["setup"], tmp_path, {**env, "PIP_NO_INDEX": "1", "HRM_TORCH": "cpu"})
-    assert (f"[hrm] the venv's default is now {home}/hrm-savio/venv (home: backed up, never purged), so set-up "
+    assert (f"[hrm] the venv's default is now {home}/.venvs/hrm-savio (home: backed up, never purged), so set-up "
             f"makes it there; to keep {old} instead: export HRM_VENV={old} (else rm -rf {old})") in r.stdout
     # pip's wheel cache goes to scratch on a cluster; the old venv is never touched
     assert f"[hrm] pip's cache: {tmp_path}/scratch/me/.cache/pip (scratch, not the home quota)" in r.stdout

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest_slurm import slurm_cluster, slurm_home, wait_for, wait_jobs_done  # noqa: F401  (fixtures)
+from conftest_slurm import slurm_cluster, slurm_home, wait_for, wait_jobs_done, wait_pipeline  # noqa: F401
 
 from slurm import queue
 from slurm.jobs import latest_step
@@ -142,7 +141,7 @@ def test_sudoku_pipeline_data_train_eval_collect(slurm_cluster, slurm_home, sudo
     assert [s["name"] for s in rec["stages"]] == ["data", "train", "eval", "collect"]
     for s in rec["stages"]:
         assert s["job_id"] in r.stdout and s["log"] in r.stdout
-    states = wait_jobs_done(job_ids(rec), timeout=300)
+    states = wait_pipeline(rec)
     logs = {s["name"]: Path(s["log"]).read_text() if Path(s["log"]).exists() else "" for s in rec["stages"]}
     assert all(states[j]["state"] == "COMPLETED" for j in job_ids(rec)), (states, logs)
 
@@ -207,14 +206,14 @@ def test_time_limit_requeues_and_resumes_to_the_same_weights(slurm_cluster, slur
     try:
         wait_for(
             lambda: (run / "slurm_restarts.txt").is_file() and int((run / "slurm_restarts.txt").read_text()),
-            300,
+            900,
             "the first requeue",
         )
         subprocess.run(
             ["scontrol", "update", f"jobid={train_stage['job_id']}", "TimeLimit=00:20:00"], check=True
         )
-        states = wait_jobs_done(job_ids(rec), timeout=540)
-        assert ref.wait(timeout=300) == 0
+        states = wait_pipeline(rec)  # as long as it makes progress, however busy the machine
+        assert ref.wait(timeout=1200) == 0
     finally:
         if ref.poll() is None:
             ref.kill()
@@ -237,7 +236,9 @@ def test_time_limit_requeues_and_resumes_to_the_same_weights(slurm_cluster, slur
         assert torch.equal(a[k], b[k]), k
 
 
-def test_hydra_multirun_submits_one_job_per_point(slurm_cluster, slurm_home, sudoku_data):  # noqa: F811
+@pytest.mark.parametrize("account, qos", [("fc_test", "savio_normal"), ("co_test", "savio_lowprio")])
+def test_hydra_multirun_submits_one_job_per_point(slurm_cluster, slurm_home, sudoku_data, account, qos):  # noqa: F811
+    """For an FCA and a condo: the launcher sends no --qos, so each gets its association's default QoS."""
     sweep = slurm_home / "sweep"
     r = subprocess.run(
         [
@@ -254,10 +255,10 @@ def test_hydra_multirun_submits_one_job_per_point(slurm_cluster, slurm_home, sud
             f"checkpoint_path={slurm_home}/points/lr_${{lr}}",
         ],
         cwd=slurm_home,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "SAVIO_ACCOUNT": account},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     points = sorted((slurm_home / "points").iterdir())
@@ -267,8 +268,16 @@ def test_hydra_multirun_submits_one_job_per_point(slurm_cluster, slurm_home, sud
     scripts = list((sweep / ".submitit").rglob("*_submission.sh"))
     assert scripts
     text = scripts[0].read_text()
-    assert "#SBATCH --partition=savio3_htc" in text and "#SBATCH --account=fc_test" in text
-    assert "#SBATCH --array=0-1" in text and "export OMP_NUM_THREADS=2" in text
+    assert "#SBATCH --partition=savio3_htc" in text and f"#SBATCH --account={account}" in text
+    assert "#SBATCH --array=0-1" in text and "export OMP_NUM_THREADS=2" in text and "--qos" not in text
+    array_id = scripts[0].parent.name.split("_")[0]
+    got = wait_for(
+        lambda: subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "qos"], capture_output=True,
+                               text=True).stdout.split(),
+        60,
+        "sacct to list the sweep's jobs",
+    )
+    assert set(got) == {qos}, got
 
 
 def test_cancel_stops_the_whole_pipeline(slurm_cluster, slurm_home, sudoku_data):  # noqa: F811
@@ -294,21 +303,5 @@ def test_cancel_stops_the_whole_pipeline(slurm_cluster, slurm_home, sudoku_data)
     )
     c = cli(["cancel"], slurm_home)
     assert c.returncode == 0 and train_id in c.stdout
-    states = wait_jobs_done(job_ids(rec), timeout=120)
+    states = wait_pipeline(rec)
     assert {states[j]["state"] for j in job_ids(rec)} == {"CANCELLED"}
-
-
-def test_the_test_cluster_enforces_savio_like_limits(slurm_cluster, slurm_home):  # noqa: F811
-    def sbatch(*flags: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["sbatch", "-o", "/dev/null", *flags, "--wrap", "true"], capture_output=True, text=True
-        )
-
-    assert "Invalid account" in sbatch("-A", "fc_nobody").stderr
-    assert "Invalid qos" in sbatch("-q", "savio_lowprio").stderr
-    assert "not available" in sbatch("-p", "savio4_gpu", "--gres=gpu:A5000:5").stderr
-    assert "time limit" in sbatch("-p", "savio4_gpu", "-t", "4-00:00:00").stderr.lower()
-    ok = sbatch("-A", "fc_test", "-q", "savio_debug", "-p", "savio4_gpu", "--gres=gpu:A5000:1", "-t", "5")
-    assert ok.returncode == 0, ok.stderr
-    if shutil.which("scancel"):
-        subprocess.run(["scancel", ok.stdout.split()[-1]], check=False)
