@@ -61,13 +61,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_flag(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is true on any (so all ranks stop at the same step)."""
+def all_reduce_flags(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on every rank if it is true on any, in one collective: a decision every rank must take
+    at the same step (stop, save) cannot rest on one rank's clock, or the ranks part ways and hang."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device, dtype=torch.int32)
+        return list(flags)
+    t = torch.tensor([1 if f else 0 for f in flags], device=device, dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(x) for x in t.tolist()]
 
 
 def teardown() -> None:

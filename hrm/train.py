@@ -338,10 +338,12 @@ def train(cfg: DictConfig) -> int:
                     reduced["train/lr"] = lrs[-1]
                     tracker.log(reduced, step=pos.step)
                     reporter.update(pos.step, reduced, gbs)
-                if dist.all_reduce_flag(stop.requested, info.device):
+                due = time.time() - last_state_time > 60 * cfg.state_every_minutes
+                stop_now, save_now = dist.all_reduce_flags([stop.requested, due], info.device)
+                if stop_now:
                     interrupted = True
                     break
-                if time.time() - last_state_time > 60 * cfg.state_every_minutes:
+                if save_now:  # every rank at the same step, whichever rank's clock said so
                     save_state()
                     last_state_time = time.time()
                 if pos.step >= limit:

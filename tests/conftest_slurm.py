@@ -105,6 +105,15 @@ def describe(rec: dict) -> str:
     return "\n".join(out)
 
 
+def run_step(run: Path) -> int:
+    """The last training step a run directory has logged (metrics.jsonl is written line by line)."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return -1
+    lines = [line for line in path.read_text().splitlines() if line.endswith("}")]
+    return json.loads(lines[-1])["step"] if lines else -1
+
+
 def _progress(rec: dict) -> tuple:
     """Anything that moves while a pipeline works: job states and restarts, log sizes, the run's step."""
     from slurm import queue
@@ -113,8 +122,7 @@ def _progress(rec: dict) -> tuple:
     states = queue.job_states(ids)
     logs = tuple(Path(s["log"]).stat().st_size if s.get("log") and Path(s["log"]).is_file() else 0
                  for s in rec["stages"])
-    status = Path(rec["run_dir"]) / "status.json"
-    step = json.loads(status.read_text()).get("step") if status.is_file() else None
+    step = run_step(Path(rec["run_dir"]))
     return tuple((j, states.get(j, {}).get("state"), states.get(j, {}).get("restarts")) for j in ids), logs, step
 
 

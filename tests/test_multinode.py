@@ -4,7 +4,8 @@
   process with the same global batch and seed ends; float sums over ranks are added in another order, so
   weights agree to float32 rounding (rtol 1e-4), not bit for bit.
 - A training job on savio_lowprio is preempted by a job that needs its node(s): it saves on the SIGTERM, Slurm
-  requeues it after the grace time, it resumes, and ends with the weights of an uninterrupted run.
+  requeues it after the grace time, it resumes, and ends bit for bit with the weights of an uninterrupted run
+  with the same ranks (1 process; 2 nodes x 1 rank against torchrun with 2 ranks on one machine).
 - A node's processes die mid-run: the job fails (the other rank's collective errors at once), `hrm-slurm
   status` says so in one line, and the next submission resumes from the last complete state.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_slurm import describe, slurm_cluster, slurm_home, wait_for, wait_pipeline  # noqa: F401
+from conftest_slurm import describe, run_step, slurm_cluster, slurm_home, wait_for, wait_pipeline  # noqa: F401
 from test_slurm_cluster import TINY, cli, hrm, sudoku_csv, sudoku_data  # noqa: F401  (fixtures)
 
 from slurm import queue
@@ -43,11 +44,12 @@ def submit_train(home: Path, data: Path, *extra: str, account: str = "fc_test") 
     return json.loads(records[-1].read_text())
 
 
-def reference_run(home: Path, data: Path, name: str, threads: str, *train: str) -> subprocess.Popen:
-    """The same training in one process outside Slurm."""
+def reference_run(home: Path, data: Path, name: str, threads: str, *train: str, ranks: int = 1) -> subprocess.Popen:
+    """The same training outside Slurm, uninterrupted: one process, or `ranks` ranks under torchrun."""
+    launch = [hrm("hrm-train")] if ranks == 1 else [
+        hrm("torchrun"), f"--nproc-per-node={ranks}", "--master-port=29641", "--no-python", hrm("hrm-train")]
     return subprocess.Popen(
-        [hrm("hrm-train"), "+experiment=sudoku_demo", *TINY, *train, f"data_path={data}",
-         f"checkpoint_path={home / name}"],
+        [*launch, "+experiment=sudoku_demo", *TINY, *train, f"data_path={data}", f"checkpoint_path={home / name}"],
         cwd=home, env={**os.environ, "OMP_NUM_THREADS": threads}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
 
@@ -67,7 +69,7 @@ def assert_close_weights(a: dict, b: dict, exact: bool) -> None:
         if exact:
             assert torch.equal(a[k], b[k]), k
         else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def last_eval(run: Path) -> dict:
@@ -133,13 +135,10 @@ def test_preempted_training_resumes_to_the_weights_of_an_uninterrupted_run(
     (stage,) = [s for s in rec["stages"] if s.get("job_id")]
     assert stage["request"]["qos"] == "savio_lowprio"
     run, job = Path(rec["run_dir"]), stage["job_id"]
-    ref = reference_run(slurm_home, sudoku_data, "reference", job_threads(rec), *train)
+    # the uninterrupted run with the same ranks: two ranks add their gradients in the same order on one node
+    ref = reference_run(slurm_home, sudoku_data, "reference", job_threads(rec), *train, ranks=nodes)
     try:
-        def stepping() -> bool:
-            status = run / "status.json"
-            return status.is_file() and json.loads(status.read_text()).get("step", 0) >= 3
-
-        wait_for(stepping, 900, f"training to reach step 3: {describe(rec)[-2000:]}")
+        wait_for(lambda: run_step(run) >= 3, 900, f"training to reach step 3: {describe(rec)[-2000:]}")
         where = queue.job_states([job])[job].get("node") or queue.job_states([job])[job].get("reason")
         preempt(where, slurm_home)
         states = wait_pipeline(rec)
@@ -152,8 +151,7 @@ def test_preempted_training_resumes_to_the_weights_of_an_uninterrupted_run(
     assert states[job]["restarts"] >= 1 and "SIGTERM" in log and "stage train (restart 1)" in log, log[-4000:]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     nothing_half_written(run)
-    # one rank: bit for bit; two ranks: to float32 rounding (see the module docstring)
-    assert_close_weights(final_weights(run), final_weights(slurm_home / "reference"), exact=nodes == 1)
+    assert_close_weights(final_weights(run), final_weights(slurm_home / "reference"), exact=True)
 
 
 def _job_pids_on(job: str, node: str) -> list[int]:
@@ -177,8 +175,8 @@ def test_a_node_lost_mid_run_fails_cleanly_and_the_next_run_resumes(slurm_cluste
     rec = submit_train(slurm_home, sudoku_data, "gpus=1", "nodes=2", "launcher=torchrun", *train)
     (stage,) = [s for s in rec["stages"] if s.get("job_id")]
     run, job = Path(rec["run_dir"]), stage["job_id"]
-    wait_for(lambda: (run / "latest_state.json").is_file() and json.loads((run / "status.json").read_text())
-             .get("step", 0) >= 3, 900, f"a full state at step 3 or later: {describe(rec)[-2000:]}")
+    wait_for(lambda: (run / "latest_state.json").is_file() and run_step(run) >= 3, 900,
+             f"a full state at step 3 or later: {describe(rec)[-2000:]}")
     pids = _job_pids_on(job, "a5k2")
     assert pids, describe(rec)
     for pid in pids:  # everything the step runs on a5k2 dies at once, as when a node goes

@@ -103,7 +103,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+SchedulerParameters=batch_sched_delay=0,sched_interval=5,bf_interval=5
 EnforcePartLimits=ALL
 ReturnToService=2
 SlurmdParameters=config_overrides
