@@ -211,14 +211,14 @@ def plan(args: list[str], *, run_id: str | None = None, stage_names: list[str] |
         gpus=1 if gpus else 0,
         gpu_type=train_req.gpu_type,
         cpus=train_req.cpus_per_task if not gpus else None,
-        time=opt.get("eval_time", "01:00:00"),
+        time=pick("eval_time", "01:00:00"),
         **common,
     )
     data_req = profiles.resolve(
         cluster,
         partition=cpu_part,
         cpus=int(opt.get("data_cpus", 2)),
-        time=opt.get("data_time", "01:00:00"),
+        time=pick("data_time", "01:00:00"),
         **common,
     )
     collect_req = profiles.resolve(cluster, partition=cpu_part, cpus=1, time="00:15:00", **common)

@@ -75,7 +75,7 @@ def test_preview_shows_scripts_parameters_and_service_units(tmp_path):
     assert out.count("export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK") >= 4
     assert "export NCCL_P2P_DISABLE=1" in out
     assert "export MASTER_ADDR=" in out and "torchrun" in out
-    assert "FCA: needs 3,611 SUs available now; check with check_usage.sh -a fc_test" in out
+    assert "FCA: needs 3,742 SUs available now; check with check_usage.sh -a fc_test" in out
     assert "export WANDB_MODE=online" in out  # a key is configured, so auto means online
     assert SECRET not in out and SECRET not in r.stderr
     assert "Service Units" in out and "3,586.6" in out  # 32 cores x 24 h x 4.67 SU
