@@ -23,7 +23,13 @@ RUNTIME_KEYS = {
     "max_steps", "wandb_mode", "device", "compile", "state_every_minutes", "eval_max_batches",
     "resources", "build", "eval_save_outputs", "checkpoint_every_eval", "project_name", "run_name",
     "checkpoint_path", "optimizer_impl", "arch.attn_backend", "arch.memory_limit_mb",
+    "early_stop",  # when to stop, not what is computed; a resumed run re-checks its saved decision against it
 }
+# Evaluation metrics early stopping can watch (logged per test set as "<set>/<name>"): name -> higher is better.
+EARLY_STOP_METRICS = {"exact_accuracy": True, "accuracy": True, "q_halt_accuracy": True,
+                      "lm_loss": False, "q_halt_loss": False}
+EARLY_STOP_DEFAULTS = {"metric": "all/exact_accuracy", "patience": None, "train_exact": None,
+                       "train_exact_steps": 1000}
 _WORDS_A = ("amber", "brisk", "calm", "daring", "eager", "fuzzy", "gentle", "hidden", "icy", "jolly", "keen",
             "lucky", "mellow", "nimble", "odd", "proud", "quiet", "rapid", "silent", "tidy", "vivid", "witty")
 _WORDS_B = ("otter", "falcon", "maple", "comet", "badger", "harbor", "lynx", "meadow", "nebula", "orchid",
@@ -62,6 +68,34 @@ def validate_config(cfg: DictConfig, world_size: int) -> None:
                          f"or softmax_cross_entropy")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"max_steps={cfg.max_steps} must be >= 1 (or null)")
+    early_stop_settings(cfg)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def early_stop_settings(cfg: DictConfig) -> dict:
+    """The early_stop.* keys (defaults for any that are missing), checked; ValueError with one line if bad."""
+    given = cfg.get("early_stop") or {}
+    es = {k: given.get(k, v) for k, v in EARLY_STOP_DEFAULTS.items()}
+    metric = es["metric"]
+    names = ", ".join(f"{k} ({'higher' if up else 'lower'} is better)" for k, up in EARLY_STOP_METRICS.items())
+    parts = metric.split("/") if isinstance(metric, str) else []
+    if len(parts) != 2 or not parts[0] or parts[1] not in EARLY_STOP_METRICS:
+        raise ValueError(f"early_stop.metric={metric!r} is not an evaluation metric early stopping can watch: "
+                         f"use <set>/<name> with name one of {names}, e.g. early_stop.metric=all/exact_accuracy")
+    if es["patience"] is not None and (not _whole(es["patience"]) or es["patience"] < 1):
+        raise ValueError(f"early_stop.patience={es['patience']!r} must be a whole number of evaluations >= 1, "
+                         f"or null to turn patience off")
+    exact = es["train_exact"]
+    if exact is not None and (isinstance(exact, bool) or not isinstance(exact, int | float) or not 0 < exact <= 1):
+        raise ValueError(f"early_stop.train_exact={exact!r} must be a train exact accuracy in (0, 1], "
+                         f"e.g. early_stop.train_exact=0.99, or null to turn it off")
+    if not _whole(es["train_exact_steps"]) or es["train_exact_steps"] < 1:
+        raise ValueError(f"early_stop.train_exact_steps={es['train_exact_steps']!r} must be a whole number "
+                         f"of steps >= 1")
+    return es
 
 
 def check_fits_data(cfg: DictConfig, meta: DatasetMetadata, world_size: int) -> None:

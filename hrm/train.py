@@ -4,6 +4,11 @@ Runs on CPU, one GPU, `torchrun --nproc-per-node N`, or ranks started by `srun`.
 command with the same checkpoint_path resumes from the latest full state; SIGTERM / SIGUSR1 save the
 state and exit with code 3 (Slurm's pre-emption and time-limit signals).
 
+Every evaluation that improves `early_stop.metric` is recorded in the run's best.json. Early stopping is off
+unless `early_stop.patience` (evaluations without improvement) or `early_stop.train_exact` (train exact accuracy
+held for `early_stop.train_exact_steps` steps) is set; a stop saves weights and state, writes status `stopped`
+with its reason and exits 0, and re-running the command leaves a stopped run as it is.
+
 As a Hydra multirun (`hrm-train -m`), each sweep point without its own checkpoint_path/run_name trains in
 hydra.sweep.dir/<point number>, so that a point hydra-submitit requeues resumes there. Under hydra-submitit,
 submitit's preemption signal (USR2) first stops training and saves the state, then goes to submitit's handler
@@ -12,6 +17,7 @@ submitit's preemption signal (USR2) first stops training and saves the state, th
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -25,8 +31,17 @@ import torch.distributed as torch_dist
 from omegaconf import DictConfig, OmegaConf
 
 from hrm import dist, runstate
-from hrm.config import auto_names, config_dir, resume_differences, sweep_point_names, to_container, validate_config
-from hrm.data.format import DatasetError, atomic_write_bytes, read_metadata, validate_dataset
+from hrm.config import (
+    EARLY_STOP_METRICS,
+    auto_names,
+    config_dir,
+    early_stop_settings,
+    resume_differences,
+    sweep_point_names,
+    to_container,
+    validate_config,
+)
+from hrm.data.format import DatasetError, atomic_write_bytes, atomic_write_json, read_metadata, validate_dataset
 from hrm.track import Tracker, console
 
 
@@ -37,6 +52,109 @@ class Position:
     step: int = 0
     iteration: int = 0
     batch: int = 0
+
+
+BEST_FILE = "best.json"
+
+
+class EarlyStop:
+    """The best evaluation so far (best.json, always) and early stopping (only when configured).
+
+    Rank 0 sees the metrics and proposes; the caller turns a proposal into a decision with dist.all_reduce_flags,
+    so every rank stops at the same step. The counters live in the resumable state (`state_dict`), so a resumed
+    run keeps its best, its evaluations without improvement and its run of train steps above train_exact.
+    """
+
+    def __init__(self, settings: dict, run_dir: Path, keep_best_weights: bool):
+        self.metric = settings["metric"]
+        self.set_name, self.name = self.metric.split("/")
+        self.higher = EARLY_STOP_METRICS[self.name]
+        self.patience, self.train_exact = settings["patience"], settings["train_exact"]
+        self.train_exact_steps = settings["train_exact_steps"]
+        self.run_dir = run_dir
+        self.keep_best_weights = keep_best_weights  # patience on, checkpoint_every_eval off: keep the best step_N
+        self.best: dict | None = None  # {"step", "value", "extra"}: extra = weights saved only for being best
+        self.previous_best: dict | None = None
+        self.evals_since_best = 0
+        self.above = 0  # counted train steps in a row with train/exact_accuracy >= train_exact
+        self.reason: str | None = None
+
+    # ---------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "best": self.best, "evals_since_best": self.evals_since_best,
+                "train_exact": self.train_exact, "above": self.above, "reason": self.reason}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore what the saved run knew; a saved stop holds only if today's settings still call for it."""
+        if not state:
+            return
+        if state["metric"] == self.metric:  # another metric: its best starts over
+            self.best, self.evals_since_best = state["best"], state["evals_since_best"]
+        if state["train_exact"] == self.train_exact:
+            self.above = state["above"]
+        self.reason = self.patience_reason() if self.patience_exhausted() else None
+        if self.reason is None and self.above >= self.train_exact_steps and self.train_exact is not None:
+            self.reason = self.train_reason()
+
+    # ---------------------------------------------------------------------------------- train steps
+    def observe_train(self, reduced: dict | None) -> bool:
+        """Count one step's train metrics (rank 0; None elsewhere); True proposes stopping on train_exact.
+
+        Steps where no sequence halted (train/count == 0) have no exact accuracy: they neither count nor
+        break the run."""
+        if self.train_exact is None or reduced is None:
+            return False
+        if reduced.get("train/count", 0) > 0:
+            ok = reduced["train/exact_accuracy"] >= self.train_exact
+            self.above = self.above + 1 if ok else 0
+        return self.above >= self.train_exact_steps
+
+    def train_reason(self) -> str:
+        return f"early_stop: train/exact_accuracy >= {self.train_exact} for {self.train_exact_steps} steps"
+
+    # ---------------------------------------------------------------------------------- evaluations
+    def observe_eval(self, step: int, eval_metrics: dict | None) -> bool:
+        """Record one evaluation (rank 0); True when it is a new best (strictly better; NaN never is)."""
+        value = (eval_metrics or {}).get(self.set_name, {}).get(self.name)
+        if value is None:
+            return False
+        value = float(value)
+        better = not math.isnan(value) and (
+            self.best is None or (value > self.best["value"] if self.higher else value < self.best["value"]))
+        if better:
+            self.previous_best, self.best = self.best, {"step": step, "value": value, "extra": False}
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        return better
+
+    def patience_exhausted(self) -> bool:
+        return self.patience is not None and self.best is not None and self.evals_since_best >= self.patience
+
+    def patience_reason(self) -> str:
+        return f"early_stop: no improvement of {self.metric} for {self.patience} evaluations"
+
+    def write_best(self) -> None:
+        """best.json (rank 0, atomically): the best evaluation's step, metric, value and checkpoint file."""
+        if self.best is None:
+            return
+        ckpt = f"step_{self.best['step']}"
+        atomic_write_json(self.run_dir / BEST_FILE, {
+            "step": self.best["step"], "metric": self.metric, "value": self.best["value"],
+            "higher_is_better": self.higher,
+            "checkpoint": ckpt if (self.run_dir / ckpt).is_file() else None})
+
+    def drop_previous_best_weights(self) -> None:
+        """With keep_best_weights, the former best's step_N goes once a better one is saved (rank 0)."""
+        prev = self.previous_best
+        if prev and prev.get("extra") and prev["step"] != self.best["step"]:
+            (self.run_dir / f"step_{prev['step']}").unlink(missing_ok=True)
+        self.previous_best = None
+
+    def summary(self) -> str:
+        if self.best is None:
+            return "no evaluation yet"
+        return f"best {self.metric} {self.best['value']:.4f} at step {self.best['step']} ({BEST_FILE})"
 
 
 def carry_to_dict(carry) -> dict:
@@ -199,11 +317,21 @@ def prepare(cfg: DictConfig, info: dist.DistInfo) -> dict:
     """Every check that can fail on bad input, before a model is built or a file written."""
     validate_config(cfg, info.world_size)
     data_path = Path(cfg.data_path)
-    validate_dataset(data_path, splits=("train",))
+    # full: every token must fit the vocabulary, whatever integer dtype the builder wrote (one pass per file)
+    validate_dataset(data_path, splits=("train",), full=True)
     has_test = (data_path / "test" / "dataset.json").is_file()
     if has_test:
-        validate_dataset(data_path, splits=("test",))
+        validate_dataset(data_path, splits=("test",), full=True)
     meta = read_metadata(data_path / "train")
+    early = early_stop_settings(cfg)
+    test_sets = read_metadata(data_path / "test").sets if has_test else []
+    set_name = early["metric"].split("/")[0]
+    if has_test and set_name not in test_sets:
+        raise ValueError(f"early_stop.metric={early['metric']!r}: the test split has no set {set_name!r} "
+                         f"(it has {', '.join(test_sets)}): use e.g. early_stop.metric={test_sets[0]}/exact_accuracy")
+    if not has_test and early["patience"] is not None:
+        raise ValueError(f"early_stop.patience={early['patience']} needs evaluations, but {data_path / 'test'} "
+                         f"does not exist: build the test split or set early_stop.patience=null")
     project, run_name, ckpt_path = _broadcast_names(cfg, info)
     cfg.project_name, cfg.run_name, cfg.checkpoint_path = project, run_name, ckpt_path
     run_dir = Path(ckpt_path)
@@ -223,7 +351,7 @@ def prepare(cfg: DictConfig, info: dist.DistInfo) -> dict:
 
     validate_grad_settings(cfg.arch.get("grad_mode", "one_step"), cfg.arch.get("grad_window"),
                            cfg.arch.get("memory_limit_mb"), cfg.arch.H_cycles, cfg.arch.L_cycles)
-    return {"meta": meta, "run_dir": run_dir, "has_test": has_test}
+    return {"meta": meta, "run_dir": run_dir, "has_test": has_test, "early_stop": early}
 
 
 def train(cfg: DictConfig) -> int:
@@ -272,6 +400,8 @@ def train(cfg: DictConfig) -> int:
     optimizers, base_lrs = build_optimizers(model, cfg, info.world_size)
 
     pos, carry = Position(), None
+    early = EarlyStop(prep["early_stop"], run_dir,
+                      keep_best_weights=prep["early_stop"]["patience"] is not None and not cfg.checkpoint_every_eval)
     state = runstate.load_state(run_dir, info, map_location=info.device)
     if state is not None:
         common, mine = state
@@ -279,6 +409,9 @@ def train(cfg: DictConfig) -> int:
         for opt, sd in zip(optimizers, common["optimizers"]):
             opt.load_state_dict(sd)
         pos = Position(**common["position"])
+        early.load_state_dict(common.get("early_stop"))  # the same on every rank: one common state
+        if info.is_main:
+            early.write_best()  # best.json agrees with the state resumed from (a kill may have come between)
         if mine is not None:
             carry = carry_from_dict(mine["carry"], info.device) if mine["carry"] is not None else None
             runstate.set_rng_state(mine["rng"], info.device)
@@ -311,19 +444,19 @@ def train(cfg: DictConfig) -> int:
 
     def save_state() -> None:
         common = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-                  "position": vars(pos).copy(), "total_steps": total_steps}
+                  "position": vars(pos).copy(), "total_steps": total_steps, "early_stop": early.state_dict()}
         mine = {"carry": carry_to_dict(carry) if carry is not None else None, "rng": runstate.rng_state(info.device)}
         runstate.save_state(run_dir, pos.step, common, mine, info)
 
-    def status(state_name: str) -> None:
+    def status(state_name: str, **extra) -> None:
         if info.is_main:
             runstate.write_status(run_dir, state_name, pos.step, total_steps, limit=limit,
-                                  samples_per_s=round(reporter.samples_per_s(pos.step, gbs), 2))
+                                  samples_per_s=round(reporter.samples_per_s(pos.step, gbs), 2), **extra)
 
     status("running")
     interrupted = False
     try:
-        while pos.iteration < total_iters and pos.step < limit and not interrupted:
+        while pos.iteration < total_iters and pos.step < limit and not interrupted and early.reason is None:
             for _set_name, batch, _ in train_ds.train_iteration(pos.iteration + 1, pos.batch):
                 batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
                 if carry is None:
@@ -339,7 +472,11 @@ def train(cfg: DictConfig) -> int:
                     tracker.log(reduced, step=pos.step)
                     reporter.update(pos.step, reduced, gbs)
                 due = time.time() - last_state_time > 60 * cfg.state_every_minutes
-                stop_now, save_now = dist.all_reduce_flags([stop.requested, due], info.device)
+                stop_now, save_now, train_exact_now = dist.all_reduce_flags(
+                    [stop.requested, due, early.observe_train(reduced)], info.device)
+                if train_exact_now:  # evaluated, saved and reported below, like the end of a run
+                    early.reason = early.train_reason()
+                    break
                 if stop_now:
                     interrupted = True
                     break
@@ -350,7 +487,9 @@ def train(cfg: DictConfig) -> int:
                     break
             if interrupted:
                 break
-            finished_iteration = pos.step < limit or pos.batch >= train_ds.num_train_batches(pos.iteration + 1)
+            finished_iteration = ((pos.step < limit and early.reason is None)
+                                  or pos.batch >= train_ds.num_train_batches(pos.iteration + 1))
+            improved = False
             if eval_ds is not None:
                 eval_metrics, outputs = evaluate(model, eval_ds, info, list(cfg.eval_save_outputs),
                                                  cfg.eval_max_batches)
@@ -359,12 +498,22 @@ def train(cfg: DictConfig) -> int:
                 if info.is_main:
                     tracker.log(eval_metrics, step=pos.step)
                     console.print(metrics_table(eval_metrics, f"evaluation at step {pos.step}"))
+                    improved = early.observe_eval(pos.step, eval_metrics)
+                (patience_now,) = dist.all_reduce_flags([info.is_main and early.patience_exhausted()], info.device)
+                if patience_now and early.reason is None:
+                    early.reason = early.patience_reason()
             if finished_iteration:
                 pos.iteration += 1
                 pos.batch = 0
-            last = pos.iteration >= total_iters or pos.step >= limit
-            if info.is_main and (cfg.checkpoint_every_eval or last):
-                runstate.save_weights(run_dir, pos.step, model.state_dict())
+            last = pos.iteration >= total_iters or pos.step >= limit or early.reason is not None
+            if info.is_main:
+                best_only = improved and early.keep_best_weights and not (cfg.checkpoint_every_eval or last)
+                if cfg.checkpoint_every_eval or last or best_only:
+                    runstate.save_weights(run_dir, pos.step, model.state_dict())
+                if improved:
+                    early.best["extra"] = best_only
+                    early.drop_previous_best_weights()
+                    early.write_best()
             save_state()
             last_state_time = time.time()
     finally:
@@ -381,9 +530,22 @@ def train(cfg: DictConfig) -> int:
         dist.teardown()
         submitit_signal.forward()  # under hydra-submitit: requeue this point and exit
         return runstate.EXIT_INTERRUPTED
-    status("finished" if pos.iteration >= total_iters or pos.step >= total_steps else "stopped")
-    if info.is_main:
-        console.print(f"done at step {pos.step}/{total_steps}; weights in {run_dir}")
+    if pos.iteration >= total_iters or pos.step >= total_steps:  # the schedule is done, whatever else said stop
+        status("finished")
+        if info.is_main:
+            console.print(f"done at step {pos.step}/{total_steps}; weights in {run_dir}")
+    elif early.reason is not None:
+        if info.is_main and not (run_dir / f"step_{pos.step}").is_file():  # a stop found on resume, mid-iteration
+            runstate.save_weights(run_dir, pos.step, model.state_dict())
+        status("stopped", reason=early.reason)
+        if info.is_main:
+            why = early.reason.removeprefix("early_stop: ")
+            console.print(f"stopped early at step {pos.step}/{total_steps}: {why}; {early.summary()}", soft_wrap=True)
+    else:
+        status("stopped", reason=f"max_steps={cfg.max_steps}")
+        if info.is_main:
+            console.print(f"stopped at step {pos.step}/{total_steps} (max_steps={cfg.max_steps}); "
+                          f"weights in {run_dir}")
     tracker.finish()
     dist.teardown()
     return 0

@@ -259,7 +259,7 @@ def plan(args: list[str], *, run_id: str | None = None, stage_names: list[str] |
         ),
         Stage(
             "eval",
-            ["hrm-evaluate", "checkpoint={latest_step}", *arc_vote],
+            ["hrm-evaluate", f"checkpoint={run_dir}", *arc_vote],  # every step_N not evaluated yet
             eval_req,
             checkpoint_path=str(run_dir),
             workdir=workdir,

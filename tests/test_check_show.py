@@ -131,3 +131,14 @@ def test_show_all_kinds(raw_data, tmp_path, capsys):
     # ConceptARC alone has no evaluation tasks: an empty test split is worth a warning.
     report = check.check_dataset(arc_out, full=False)
     assert report["ok"] and any("test: the split holds no examples" in w for w in report["warnings"])
+
+
+def test_token_scan_reads_the_file_dtype(tmp_path):
+    """The reference's augmented Sudoku writes int64 tokens: the scan must read them as int64, not bytes."""
+    import numpy as np
+
+    from hrm.data.check import _scan
+
+    rows = np.array([[1, 2, 300], [0, 0, 0], [7, 1, 1]], dtype=np.int64)
+    np.save(tmp_path / "x.npy", rows)
+    assert _scan(tmp_path / "x.npy", 3, 0) == (0, 300, 1)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from hrm.data import format as format_module
 from hrm.data import loader
-from hrm.data.format import DatasetError, DatasetMetadata, write_split
+from hrm.data.format import DatasetError, DatasetMetadata, check_arrays, validate_dataset, write_split
 from hrm.data.loader import PuzzleDataset, iteration_plan, total_steps
 
 
@@ -177,3 +178,85 @@ def test_total_steps_matches_reference_examples():
     assert total_steps(meta, 20000, 768) == 26041
     meta.total_groups, meta.mean_puzzle_examples = 960, 4.14544
     assert total_steps(meta, 100000, 768) == int(100000 * 960 * 4.14544 / 768)
+
+
+def _write_raw(split_dir, arrays, meta):
+    """A split written the way the reference's builders do it: plain np.save of whatever dtype they hold."""
+    import json
+    from dataclasses import asdict
+
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for name, a in arrays.items():
+        np.save(split_dir / f"all__{name}.npy", a)
+    (split_dir / "dataset.json").write_text(json.dumps(asdict(meta)))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int16, np.uint16])
+def test_any_integer_token_dtype_collates_like_uint8(tmp_path, dtype):
+    """The reference's augmented Sudoku builder writes int64 inputs/labels: same batches as uint8 ones."""
+    pidx, gidx = random_structure(5, num_groups=12, allow_empty=False)
+    inputs, labels, ids = make_dataset(tmp_path / "u8", pidx, gidx)
+    meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=11, seq_len=5,
+                           num_puzzle_identifiers=7, total_groups=len(gidx) - 1,
+                           mean_puzzle_examples=int(pidx[-1]) / (len(pidx) - 1))
+    _write_raw(tmp_path / "wide" / "train", {"inputs": inputs.astype(dtype), "labels": labels.astype(dtype),
+                                             "puzzle_identifiers": ids.astype(np.int64), "puzzle_indices": pidx,
+                                             "group_indices": gidx}, meta)
+    validate_dataset(tmp_path / "wide", splits=("train",), full=True)
+    narrow = PuzzleDataset(tmp_path / "u8", "train", 6, seed=4, epochs_per_iter=2)
+    wide = PuzzleDataset(tmp_path / "wide", "train", 6, seed=4, epochs_per_iter=2)
+    assert wide._sets["all"]["inputs"].dtype == dtype
+    got = list(wide.train_iteration(1))
+    assert _as_lists(got) == _as_lists(narrow.train_iteration(1)) and got
+    assert all(t.dtype == torch.int32 for _, b, _ in got for t in b.values())
+
+
+def _token_meta(ignore=0):
+    return DatasetMetadata(pad_id=0, ignore_label_id=ignore, blank_identifier_id=0, vocab_size=11, seq_len=4,
+                           num_puzzle_identifiers=1, total_groups=3, mean_puzzle_examples=1.0)
+
+
+def _token_arrays(inputs, labels):
+    n = len(inputs)
+    return {"inputs": np.asarray(inputs), "labels": np.asarray(labels), "puzzle_identifiers": np.zeros(n, np.int32),
+            "puzzle_indices": np.arange(n + 1, dtype=np.int32), "group_indices": np.arange(n + 1, dtype=np.int32)}
+
+
+@pytest.mark.parametrize("field,value,dtype,problem", [
+    ("inputs", 11, np.int64, "inputs hold token 11 >= vocab_size 11"),
+    ("labels", 300, np.int64, "labels hold token 300 >= vocab_size 11"),
+    ("inputs", -2, np.int64, "inputs hold negative token -2"),
+    ("inputs", 255, np.uint8, "inputs hold token 255 >= vocab_size 11"),
+    ("labels", 1.0, np.float32, "labels has dtype float32, expected an integer dtype"),
+])
+def test_bad_tokens_and_dtypes_name_the_file(tmp_path, field, value, dtype, problem):
+    good = np.full((3, 4), 5, dtype=np.int64)
+    arrays = _token_arrays(good.copy(), good.copy())
+    arrays[field] = arrays[field].astype(dtype)
+    arrays[field][2, 1] = value
+    _write_raw(tmp_path / "d" / "train", arrays, _token_meta())
+    assert check_arrays(arrays, _token_meta(), full=True) == [problem]
+    with pytest.raises(DatasetError) as e:
+        validate_dataset(tmp_path / "d", splits=("train",), full=True)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'd' / 'train' / f'all__{field}.npy'}: {problem}; rebuild the dataset")
+    assert "\n" not in msg
+
+
+def test_labels_may_hold_an_out_of_vocab_ignore_label_id():
+    labels = np.array([[1, -100, 3, 10]] * 3, dtype=np.int64)
+    assert check_arrays(_token_arrays(np.ones((3, 4), np.int64), labels), _token_meta(ignore=-100)) == []
+    labels[1, 0] = -7
+    assert check_arrays(_token_arrays(np.ones((3, 4), np.int64), labels), _token_meta(ignore=-100)) == [
+        "labels hold negative token -7"]
+    assert check_arrays(_token_arrays(np.ones((3, 4), np.int64), labels), _token_meta(ignore=0)) == [
+        "labels hold negative token -100"]
+
+
+def test_token_range_scans_in_slices(monkeypatch):
+    monkeypatch.setattr(format_module, "_SCAN_ELEMENTS", 7)  # many slices of one row (seq_len 5)
+    a = np.random.default_rng(1).integers(-50, 90, size=(23, 5))
+    assert format_module.token_range(a) == (int(a.min()), int(a.max()))
+    assert format_module.token_range(a, exclude=int(a.max())) == (int(a.min()), int(a[a != a.max()].max()))
+    assert format_module.token_range(np.zeros((0, 5), np.int64)) is None
+    assert format_module.token_range(np.full((3, 5), 4), exclude=4) is None

@@ -165,6 +165,7 @@ def check_monitor(nb, tmp_path: Path) -> None:
     assert alpha[1:4] == ["finished", "100", "200"] and beta[1:4] == ["running", "60", "120"]
     assert alpha[4] == f"{2.0 * 0.99**100:.4g}" and beta[4] == f"{2.5 * 0.98**60:.4g}"
     assert "0.25" in alpha and "123.4" in alpha
+    assert alpha[-1] == "best: step 100 exact_accuracy 25.00% (last: step 100, 25.00%)"  # as report.md has it
     # Only the setting that differs is compared.
     assert table["lr"][1:] == ["0.0001", "7e-05"] or table["lr"][1:] == ["7e-05", "0.0001"]
     assert "seed" not in table and "arch.hidden_size" not in table

@@ -124,7 +124,7 @@ def test_every_experiment_is_accepted_and_runs_for_both_account_kinds(
     """All eight pipelines are submitted at once (the replica has room for them to queue), then waited on."""
     records = {}
     for experiment, account, extra in MATRIX:
-        home = slurm_home / f"{experiment}-{account}{'-'.join(('',) + extra)}"
+        home = slurm_home / "-".join((experiment, account, *(e.replace("=", "") for e in extra)))
         home.mkdir()
         r = cli(
             [

@@ -78,6 +78,11 @@ def test_run_directory_contents_and_falling_loss(straight_run):
     evals = [r for r in metrics(straight_run) if "all/exact_accuracy" in r]
     assert [r["step"] for r in evals] == [160, 320]
     assert rows[0]["train/lr"] == pytest.approx(1e-3 / 5)  # warmup: first update uses base_lr / W
+    # early stopping is off by default, best.json is written anyway: the best evaluation by all/exact_accuracy
+    best = max(evals, key=lambda r: (r["all/exact_accuracy"], -r["step"]))
+    assert json.loads((straight_run / "best.json").read_text()) == {
+        "step": best["step"], "metric": "all/exact_accuracy", "value": best["all/exact_accuracy"],
+        "higher_is_better": True, "checkpoint": f"step_{best['step']}"}
 
 
 def test_rerun_of_finished_run_does_nothing(straight_run, data):
@@ -253,3 +258,46 @@ def test_memory_limit_below_one_application_is_refused(data, tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     assert len(res.stderr.strip().splitlines()) == 1 and "memory" in res.stderr
     assert not (tmp_path / "m").exists()
+
+
+def reference_copy(data: Path, root: Path, dtype=np.int64) -> Path:
+    """`data` rewritten the way the reference's augmented Sudoku builder leaves it: int64 inputs and labels
+    (its digit relabelling promotes the dtype), np.save'd as they are, dataset.json and identifiers.json beside."""
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for f in (data / split).glob("*.npy"):
+            a = np.load(f)
+            np.save(root / split / f.name, a.astype(dtype) if f.name.endswith(("inputs.npy", "labels.npy")) else a)
+        (root / split / "dataset.json").write_text((data / split / "dataset.json").read_text())
+    (root / "identifiers.json").write_text((data / "identifiers.json").read_text())
+    return root
+
+
+def test_reference_built_int64_dataset_trains_unchanged(straight_run, data, tmp_path):
+    """The same examples as int64 (the reference's Sudoku builder) train exactly as our uint8 ones do."""
+    ref = reference_copy(data, tmp_path / "ref")
+    assert np.load(ref / "train" / "all__inputs.npy", mmap_mode="r").dtype == np.int64
+    run_dir = tmp_path / "theirs"
+    res = run(train_cmd(ref, run_dir, "epochs=40", "eval_interval=20", "max_steps=160"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["step"] == 160
+    assert_same_weights(straight_run / "step_160", run_dir / "step_160")
+
+
+@pytest.mark.parametrize("split,field,value,problem", [
+    ("train", "inputs", 6, "inputs hold token 6 >= vocab_size 6"),
+    ("test", "labels", -3, "labels hold negative token -3"),
+])  # non-integer dtypes: tests/test_loader.py::test_bad_tokens_and_dtypes_name_the_file
+def test_tokens_outside_the_vocabulary_refused_before_the_model(data, tmp_path, split, field, value, problem):
+    ref = reference_copy(data, tmp_path / "ref")
+    path = ref / split / f"all__{field}.npy"
+    a = np.load(path)
+    a[3, 4] = value
+    np.save(path, a)
+    run_dir = tmp_path / "never"
+    res = run(train_cmd(ref, run_dir, "epochs=2", "eval_interval=1"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert lines == [f"hrm-train: error: {path}: {problem}; rebuild the dataset" + (
+        f", or fix vocab_size in {ref / split / 'dataset.json'} if it is wrong" if ">=" in problem else "")]
+    assert not run_dir.exists() and res.stdout == ""

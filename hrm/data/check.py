@@ -24,15 +24,16 @@ SCAN_ROWS = 1 << 16  # rows per read when scanning token ranges (bounded memory,
 
 
 def _scan(path: Path, seq_len: int, ignore_label_id: int | None) -> tuple[int, int, int]:
-    """(min token, max token, rows whose tokens all equal ignore_label_id) of a uint8 [n, seq_len] .npy.
+    """(min token, max token, rows whose tokens all equal ignore_label_id) of an integer [n, seq_len] .npy
+    (uint8 from our builders, int64 from the reference's augmented Sudoku).
 
     Reads through a reusable buffer rather than a memory map, so scanning 3 GB stays at a few MB.
     """
     mm = np.load(path, mmap_mode="r")
-    n, offset = mm.shape[0], mm.offset
+    n, offset, dtype = mm.shape[0], mm.offset, mm.dtype
     del mm
-    lo, hi, ignored = 255, 0, 0
-    buf = np.empty(SCAN_ROWS * seq_len, dtype=np.uint8)
+    lo, hi, ignored = None, None, 0
+    buf = np.empty(SCAN_ROWS * seq_len, dtype=dtype)
     with open(path, "rb") as f:
         f.seek(offset)
         for start in range(0, n, SCAN_ROWS):
@@ -40,10 +41,11 @@ def _scan(path: Path, seq_len: int, ignore_label_id: int | None) -> tuple[int, i
             view = buf[: rows * seq_len]
             if f.readinto(memoryview(view)) != view.nbytes:
                 raise DatasetError(f"{path} is shorter than its header says: rebuild the dataset")
-            lo, hi = min(lo, int(view.min())), max(hi, int(view.max()))
+            a, b = int(view.min()), int(view.max())
+            lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
             if ignore_label_id is not None:
                 ignored += int(np.all(view.reshape(rows, seq_len) == ignore_label_id, axis=1).sum())
-    return (lo, hi, ignored) if n else (0, 0, 0)
+    return (lo, hi, ignored) if n and lo is not None else (0, 0, 0)
 
 
 def _check_split(split_dir: Path, full: bool, errors: list[str], warnings: list[str]) -> dict | None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+# What our builders write. Readers take any integer dtype (the reference's augmented Sudoku builder writes int64
+# inputs and labels) as long as every token fits the vocabulary.
 DTYPES = {
     "inputs": np.uint8,
     "labels": np.uint8,
@@ -115,44 +117,91 @@ def load_split(split_dir: Path, set_name: str = "all", mmap: bool = True) -> dic
     return out
 
 
-def check_arrays(arrays: dict[str, np.ndarray], metadata: DatasetMetadata, full: bool = True) -> list[str]:
-    """Structural checks; `full` also scans token and identifier ranges (reads the whole arrays)."""
-    errors: list[str] = []
+TOKEN_FIELDS = ("inputs", "labels")
+_SCAN_ELEMENTS = 1 << 22  # elements per slice when scanning a token array: one pass, slices stay in cache
+
+
+def token_range(array: np.ndarray, exclude: int | None = None) -> tuple[int, int] | None:
+    """(min, max) of an integer array, leaving out values equal to `exclude`; None when nothing is left.
+
+    One pass over a memory map, a slice of rows at a time (min and max of a slice read it from cache).
+    """
+    flat = array if array.ndim == 2 else array.reshape(-1, 1)
+    rows = max(1, _SCAN_ELEMENTS // max(flat.shape[1], 1))
+    lo = hi = None
+    for start in range(0, len(flat), rows):
+        part = flat[start:start + rows]
+        if exclude is not None:
+            part = part[part != exclude]
+        if part.size:
+            a, b = int(part.min()), int(part.max())
+            lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+    return None if lo is None else (lo, hi)
+
+
+def _bad_tokens(name: str, array: np.ndarray, metadata: DatasetMetadata) -> str | None:
+    """The one-line problem with `array`'s token values, or None when every value fits the vocabulary.
+
+    Labels may also hold ignore_label_id (collation maps it to -100), even where it lies outside the vocabulary.
+    """
+    vocab, ignore = metadata.vocab_size, metadata.ignore_label_id
+    span = token_range(array)
+    if span is not None and not (0 <= span[0] and span[1] < vocab) and name == "labels" and ignore is not None:
+        span = token_range(array, exclude=ignore)
+    if span is None or (0 <= span[0] and span[1] < vocab):
+        return None
+    lo, hi = span
+    return f"{name} hold token {hi} >= vocab_size {vocab}" if hi >= vocab else f"{name} hold negative token {lo}"
+
+
+def _problems(arrays: dict[str, np.ndarray], metadata: DatasetMetadata, full: bool) -> list[tuple[str | None, str]]:
+    """(field the problem is in, or None for a cross-array one; message) for `check_arrays`."""
+    errors: list[tuple[str | None, str]] = []
     missing = [n for n in FIELDS if n not in arrays]
     if missing:
-        return [f"missing arrays: {', '.join(missing)}"]
+        return [(None, f"missing arrays: {', '.join(missing)}")]
     inp, lab = arrays["inputs"], arrays["labels"]
     pid, pidx, gidx = arrays["puzzle_identifiers"], arrays["puzzle_indices"], arrays["group_indices"]
     for name in FIELDS:
-        a = arrays[name]
-        if np.dtype(a.dtype) != np.dtype(DTYPES[name]) and not (
-            name in ("puzzle_identifiers", "puzzle_indices", "group_indices") and np.issubdtype(a.dtype, np.integer)
-        ):
-            errors.append(f"{name} has dtype {a.dtype}, expected {np.dtype(DTYPES[name])}")
+        # Any integer dtype: the reference's own augmented Sudoku builder writes int64 inputs and labels.
+        if not np.issubdtype(arrays[name].dtype, np.integer):
+            errors.append((name, f"{name} has dtype {arrays[name].dtype}, expected an integer dtype"))
+    if errors:
+        return errors
     if inp.ndim != 2 or inp.shape[1] != metadata.seq_len:
-        errors.append(f"inputs shape {inp.shape} does not match seq_len {metadata.seq_len}")
+        errors.append(("inputs", f"inputs shape {inp.shape} does not match seq_len {metadata.seq_len}"))
     if lab.shape != inp.shape:
-        errors.append(f"labels shape {lab.shape} differs from inputs shape {inp.shape}")
+        errors.append(("labels", f"labels shape {lab.shape} differs from inputs shape {inp.shape}"))
     if pidx.ndim != 1 or len(pidx) != len(pid) + 1:
-        errors.append(f"puzzle_indices has {len(pidx)} entries, expected num_puzzles + 1 = {len(pid) + 1}")
+        errors.append(("puzzle_indices",
+                       f"puzzle_indices has {len(pidx)} entries, expected num_puzzles + 1 = {len(pid) + 1}"))
     elif pidx[0] != 0 or pidx[-1] != len(inp) or np.any(np.diff(pidx) < 0):
-        errors.append("puzzle_indices must start at 0, be non-decreasing and end at the number of examples")
+        errors.append(("puzzle_indices",
+                       "puzzle_indices must start at 0, be non-decreasing and end at the number of examples"))
     if gidx.ndim != 1 or len(gidx) < 1 or gidx[0] != 0 or gidx[-1] != len(pid) or np.any(np.diff(gidx) < 0):
-        errors.append("group_indices must start at 0, be non-decreasing and end at the number of puzzles")
+        errors.append(("group_indices",
+                       "group_indices must start at 0, be non-decreasing and end at the number of puzzles"))
     elif len(gidx) - 1 != metadata.total_groups:
-        errors.append(f"{len(gidx) - 1} groups on disk but dataset.json says total_groups={metadata.total_groups}")
+        errors.append(("group_indices",
+                       f"{len(gidx) - 1} groups on disk but dataset.json says total_groups={metadata.total_groups}"))
     if full and not errors:
-        if len(inp) and int(inp.max()) >= metadata.vocab_size:
-            errors.append(f"inputs hold token {int(inp.max())} >= vocab_size {metadata.vocab_size}")
-        if len(lab) and int(lab.max()) >= metadata.vocab_size:
-            errors.append(f"labels hold token {int(lab.max())} >= vocab_size {metadata.vocab_size}")
+        for name in TOKEN_FIELDS:
+            problem = _bad_tokens(name, arrays[name], metadata)
+            if problem:
+                errors.append((name, problem))
         if len(pid) and (int(pid.min()) < 0 or int(pid.max()) >= metadata.num_puzzle_identifiers):
-            errors.append(f"puzzle_identifiers outside [0, {metadata.num_puzzle_identifiers})")
+            errors.append(("puzzle_identifiers", f"puzzle_identifiers outside [0, {metadata.num_puzzle_identifiers})"))
     return errors
 
 
+def check_arrays(arrays: dict[str, np.ndarray], metadata: DatasetMetadata, full: bool = True) -> list[str]:
+    """Structural checks (shapes, integer dtypes, index arrays); `full` also checks that every token fits
+    the vocabulary and every identifier the table (one pass over inputs and labels, fine on a memory map)."""
+    return [message for _, message in _problems(arrays, metadata, full)]
+
+
 def validate_dataset(data_path: Path, splits: tuple[str, ...] = ("train", "test"), full: bool = False) -> None:
-    """Raise DatasetError with one line naming the problem; cheap unless `full`."""
+    """Raise DatasetError with one line naming the file, the problem and the fix; cheap unless `full`."""
     data_path = Path(data_path)
     if not data_path.is_dir():
         raise DatasetError(f"dataset directory {data_path} does not exist: build it with hrm-data build ... "
@@ -161,9 +210,17 @@ def validate_dataset(data_path: Path, splits: tuple[str, ...] = ("train", "test"
         split_dir = data_path / split
         meta = read_metadata(split_dir)
         for set_name in meta.sets:
-            errors = check_arrays(load_split(split_dir, set_name), meta, full=full)
-            if errors:
-                raise DatasetError(f"{split_dir} ({set_name}): {errors[0]}; rebuild the dataset")
+            problems = _problems(load_split(split_dir, set_name), meta, full=full)
+            if not problems:
+                continue
+            name, message = problems[0]
+            if name is None:
+                raise DatasetError(f"{split_dir} ({set_name}): {message}; rebuild the dataset")
+            where = split_dir / f"{set_name}__{name}.npy"
+            fix = "rebuild the dataset"
+            if name in TOKEN_FIELDS and ">= vocab_size" in message:
+                fix = f"rebuild the dataset, or fix vocab_size in {split_dir / 'dataset.json'} if it is wrong"
+            raise DatasetError(f"{where}: {message}; {fix}")
 
 
 def read_build_info(out_dir: Path) -> dict | None:

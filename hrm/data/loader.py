@@ -188,7 +188,9 @@ class PuzzleDataset:
         labels = np.full((B, meta.seq_len), IGNORE_INDEX, dtype=np.int32)
         ids = np.full(B, meta.blank_identifier_id, dtype=np.int32)
         if n:
-            inputs[:n] = arrays["inputs"][rows]
+            # Any integer dtype on disk (uint8 from our builders, int64 from the reference's Sudoku builder);
+            # prepare() has checked that every token fits the vocabulary, so the cast to int32 is exact.
+            inputs[:n] = arrays["inputs"][rows].astype(np.int32, copy=False)
             lab = arrays["labels"][rows].astype(np.int32)
             if meta.ignore_label_id is not None:
                 lab[lab == meta.ignore_label_id] = IGNORE_INDEX

@@ -11,7 +11,7 @@
 #   fc_test (an FCA): savio3_htc/savio2_htc savio_normal,savio_debug; savio4_gpu a5k_gpu4_normal,savio_lowprio;
 #                     savio3_gpu gtx2080_gpu3_normal (Def),a40_gpu3_normal,savio_lowprio. No savio_debug on GPUs.
 #   co_test (a condo): savio_lowprio everywhere, and its condo QoS test_gpu4_normal on savio4_gpu.
-#   savio_lowprio is preemptible (PreemptType=preempt/qos, PreemptMode=REQUEUE, GraceTime 30 s); JobRequeue=0,
+#   savio_lowprio is preemptible (PreemptType=preempt/qos, PreemptMode=REQUEUE, GraceTime 15 s); JobRequeue=0,
 #   so only jobs sent with --requeue come back after a preemption.
 # A job_submit Lua plugin (Debian's slurm has job_submit/lua) refuses at submit what Savio refuses there:
 # fewer CPUs per GPU than the type's minimum (A5000 4, A40 8) and a GPU type under another type's QoS.
@@ -112,7 +112,7 @@ JobSubmitPlugins=lua
 PreemptType=preempt/qos
 PreemptMode=REQUEUE
 JobRequeue=0
-KillWait=10
+KillWait=5
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurm/slurmctld.pid
@@ -192,7 +192,7 @@ StorageLoc=slurm_acct_db"
   for q in $qos_all; do
     grep -qx "$q" <<<"$have_qos" || sacctmgr -i add qos "$q" >/dev/null
   done
-  sacctmgr -i modify qos savio_lowprio set MaxWall=3-00:00:00 GraceTime=30 PreemptMode=requeue Flags=DenyOnLimit >/dev/null
+  sacctmgr -i modify qos savio_lowprio set MaxWall=3-00:00:00 GraceTime=15 PreemptMode=requeue Flags=DenyOnLimit >/dev/null
   sacctmgr -i modify qos savio_debug set MaxWall=03:00:00 MaxTRESPerJob=node=4 Preempt=savio_lowprio Flags=DenyOnLimit >/dev/null
   for q in savio_normal a5k_gpu4_normal a40_gpu3_normal gtx2080_gpu3_normal test_gpu4_normal; do
     sacctmgr -i modify qos "$q" set MaxWall=3-00:00:00 MaxTRESPerJob=node=24 Preempt=savio_lowprio Flags=DenyOnLimit >/dev/null
