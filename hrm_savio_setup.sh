@@ -53,12 +53,19 @@ time=12:00:00 qos=savio_lowprio ...) or training overrides (lr=7e-5 epochs=100 .
 register the Jupyter kernel "HRM (hrm-savio)" (always done on a cluster, for Open OnDemand).
 
 Experiments:
-  name          GPUs  data                                   expected runtime
-  sudoku_demo   0     1000 Sudoku (hub or generated) x 9     ~4 min on 2 CPU cores
-  sudoku_full   1     Sudoku-Extreme 1k x 1000 aug           ~1-1.5 h on 1 H100/H200
-  maze          4     Maze-Hard 30x30, 1000 mazes            ~2 h on 4 GPUs
-  arc1          8     ARC-AGI-1 + ConceptARC x 1000 aug      ~24 h on 8 GPUs
-  arc2          8     ARC-AGI-2 x 1000 aug                   ~24 h on 8 GPUs
+  name            GPUs  data                                expected runtime
+  sudoku_demo     0     generated Sudoku, 6 blanks, 1k x 9  ~5-8 min on 2 CPU cores
+  logistics_demo  0     1000 10x10 cities x 4 vehicles x 8  ~3 min on 2 CPU cores
+  sudoku_full     1     Sudoku-Extreme 1k x 1000 aug        ~1-1.5 h on 1 H100/H200
+  maze            4     Maze-Hard 30x30, 1000 mazes         ~2 h on 4 GPUs
+  logistics       4     1000 30x30 cities x 4 vehicles x 8  ~2 h on 4 GPUs
+  arc1            8     ARC-AGI-1 + ConceptARC x 1000 aug   ~24 h on 8 GPUs
+  arc2            8     ARC-AGI-2 x 1000 aug                ~24 h on 8 GPUs
+
+HRM-Text language models (configs/lm/experiment; guides/HRM_TEXT.md):
+  hrmtext_demo  0     a small local text, a tiny model       a few minutes on 2 CPU cores
+  hrmtext_L     8     token shards of your corpus (0.6B)     ~50 h on 8 H100; ~470 h on 8 A5000 (savio4_gpu)
+  hrmtext_XL    16    2 nodes x 8 GPUs (1B)                  ~46 h on 16 H100; ~430 h on 16 A5000
 
 Environment:
   SAVIO_ACCOUNT    the Slurm account jobs are charged to, e.g. fc_myproject (required on Savio)
@@ -79,7 +86,9 @@ EOF
 
 experiments() {
   local f names=""
-  for f in "$ROOT"/configs/experiment/*.yaml; do names+="${names:+ }$(basename "$f" .yaml)"; done
+  for f in "$ROOT"/configs/experiment/*.yaml "$ROOT"/configs/lm/experiment/*.yaml; do
+    [ -f "$f" ] && names+="${names:+ }$(basename "$f" .yaml)"
+  done
   echo "$names"
 }
 
@@ -93,7 +102,7 @@ detect_cluster() {
 # install_test_tools: what the test suite needs that pip cannot install (Debian, as root; only when missing)
 install_test_tools() {
   local missing=() tool
-  for tool in shellcheck ruby; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  for tool in shellcheck ruby chromium; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
   [ ${#missing[@]} -gt 0 ] || return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${missing[*]} (apt-get)"
@@ -216,7 +225,7 @@ main() {
     setup_env; return
   fi
   [ -n "$exp" ] || die "$action needs an EXPERIMENT; fix: one of: $(experiments)"
-  [ -f "$ROOT/configs/experiment/$exp.yaml" ] || die "unknown experiment '$exp'; fix: one of: $(experiments)"
+  [ -f "$ROOT/configs/experiment/$exp.yaml" ] || [ -f "$ROOT/configs/lm/experiment/$exp.yaml" ] || die "unknown experiment '$exp'; fix: one of: $(experiments)"
   pipeline "$action" "$exp" "$local_run" "${args[@]+"${args[@]}"}"
 }
 

@@ -157,8 +157,8 @@ install_env() {
     "${pip[@]}" -r "$reqs" || die "torch install failed; fix: check that this node reaches download.pytorch.org and pypi.org (Savio login nodes do), then re-run"
   fi
   # GPU clusters also get JupyterLab, which the Open OnDemand app in guides/ondemand starts from this venv
-  local extras=dev
-  if [ "$flavor" != cpu ]; then extras=dev,ondemand; fi
+  local extras=dev,lm
+  if [ "$flavor" != cpu ]; then extras=dev,lm,ondemand; fi
   say "installing hrm-savio and its dependencies ($extras)"
   "${pip[@]}" -e "${ROOT}[$extras]" || die "pip install -e . failed; fix the cause pip names above and re-run"
   if [ "$flavor" != cpu ]; then try_flash_attn "$venv"; fi

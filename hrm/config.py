@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from hrm.data.format import DatasetMetadata
+from hrm.schema import check_train_config
 
 # Keys that may differ when a run is resumed (they do not change what is computed).
 RUNTIME_KEYS = {
@@ -54,7 +55,12 @@ def to_container(cfg: DictConfig) -> dict:
 
 
 def validate_config(cfg: DictConfig, world_size: int) -> None:
-    """Raise ValueError with one line for config mistakes that would otherwise fail mid-run."""
+    """Raise ValueError with one line for config mistakes that would otherwise fail mid-run: every key's type and
+    range (hrm.schema, the one typed schema), then the rules that tie keys together."""
+    check_train_config(cfg)
+    if cfg.arch.hidden_size % cfg.arch.num_heads:
+        raise ValueError(f"arch.hidden_size={cfg.arch.hidden_size} is not divisible by arch.num_heads="
+                         f"{cfg.arch.num_heads}: use a hidden_size that is a multiple of num_heads")
     if cfg.global_batch_size <= 0:
         raise ValueError(f"global_batch_size={cfg.global_batch_size} must be positive")
     if cfg.global_batch_size % world_size:
@@ -189,3 +195,85 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
     return diffs
+
+
+# hrm-train flags of Hydra's own that take a value, and those that point at another config tree
+_HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p"}
+_OTHER_TREE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
+                     "--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
+
+
+def known_experiments() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+
+
+def compose_checked(overrides: list[str]) -> DictConfig:
+    """The training config for these (non-sweep) overrides, composed without running Hydra's app; ValueError with
+    one line on a bad override (a typo'd key answered with the close key)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hrm.schema import hydra_problem, train_keys
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            return compose(config_name="cfg_pretrain", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ValueError(hydra_problem(e, list(overrides), train_keys(), known_experiments())) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def preflight(argv: list[str]) -> str | None:
+    """hrm-train's command line, checked before Hydra starts (and so before a sweep is sent to Slurm): overrides,
+    every key's type and range, cross-field rules. The one-line problem, or None when it passes (or when the
+    command is not a plain training run: another config tree, --help). A sweep is checked at its first point."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides, args = [], iter(argv)
+    for a in args:
+        if a.split("=", 1)[0] in _OTHER_TREE_FLAGS:
+            return None
+        if a in _HYDRA_VALUE_FLAGS:
+            next(args, None)
+        elif not a.startswith("-"):
+            overrides.append(a)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"bad override ({first}); fix: key=value arguments, e.g. lr=1e-4"
+    plain, more = [], []  # more: (key, other values of a value sweep)
+    for o in parsed:
+        if o.key_or_group.startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            try:
+                first = next(iter(o.sweep_string_iterator()))
+            except Exception:  # a glob or an odd sweep: Hydra expands it
+                continue
+            plain.append(f"{o.get_key_element()}={first}")
+            if "/" not in o.key_or_group and not (config_dir() / o.key_or_group).is_dir():
+                try:
+                    more.append((o.key_or_group, list(o.sweep_iterator())[1:]))
+                except Exception:
+                    pass
+        else:
+            plain.append(o.input_line)
+    try:
+        cfg = compose_checked(plain)
+        validate_config(cfg, 1)
+        for key, values in more:
+            for value in values:
+                point = cfg.copy()
+                OmegaConf.update(point, key, value, force_add=True)
+                validate_config(point, 1)
+    except ValueError as e:
+        if "${hydra" in str(e) or "hydra" in str(e).split(";")[0].lower() and "resolve" in str(e).lower():
+            return None  # needs Hydra's running app to resolve: checked again inside the run
+        return str(e)
+    return None

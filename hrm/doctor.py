@@ -151,13 +151,14 @@ def print_env(report: dict) -> None:
 # --- config ------------------------------------------------------------------------------------------
 
 def compose_config(overrides: list[str]):
-    """The trainer's config for these Hydra overrides, without running anything."""
-    from hydra import compose, initialize_config_dir
+    """The trainer's config for these Hydra overrides, without running anything; every key's type and range checked
+    (hrm.schema, as hrm-train does): ValueError with one line, a typo'd key answered with the close one."""
+    from hrm.config import compose_checked
+    from hrm.schema import check_train_config
 
-    from hrm.config import config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return compose(config_name="cfg_pretrain", overrides=list(overrides))
+    cfg = compose_checked(list(overrides))
+    check_train_config(cfg)
+    return cfg
 
 
 def _build_command(cfg, data_path: Path) -> str:
@@ -208,7 +209,7 @@ def _grad_settings_problem(arch) -> str | None:
     if arch.get("grad_mode", "one_step") == "one_step" and arch.get("grad_window") is None \
             and arch.get("memory_limit_mb") is None:
         return None
-    from hrm.model.sqrt_bptt import validate_grad_settings
+    from hrm.grad_settings import validate_grad_settings
 
     try:
         validate_grad_settings(arch.get("grad_mode", "one_step"), arch.get("grad_window"),
@@ -523,7 +524,9 @@ def print_memory(report: dict) -> None:
 # --- CLI ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hrm-doctor", description=__doc__.split("\n")[0])
+    from hrm.errors import ShortParser
+
+    parser = ShortParser(prog="hrm-doctor", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("env", help="torch, CUDA, GPUs, attention backends, NCCL, W&B mode, modules")
     p.add_argument("--json", action="store_true")
@@ -542,11 +545,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lm_experiment(args: list[str]) -> bool:
+    from slurm.lm_stages import is_lm_experiment
+
+    exp = next((a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("experiment=")), None)
+    return is_lm_experiment(exp)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_measure"]:  # the memory probe's child process; internal, so not in --help
         print(json.dumps(measure_batch(json.loads(sys.stdin.read()))))
         return 0
+    if argv[:1] == ["memory"] and _lm_experiment(argv[1:]):  # HRM-Text: its own estimate and probe
+        from hrm.lm.memory import main as lm_memory
+
+        return lm_memory(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "env":
@@ -574,13 +588,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"hrm-doctor: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # hydra's own errors (unknown experiment, bad override) have clear messages
-        if type(e).__module__.startswith(("hydra", "omegaconf")):
-            text = str(e).split("\nConfig search path")[0].strip()
-            text = text.replace("\n\t", " ").replace("\n\n", ": ").replace("\n", " ")
-            print(f"hrm-doctor: error: {text}", file=sys.stderr)
-            return 2
-        raise
+    except KeyboardInterrupt:
+        print("hrm-doctor: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except Exception as e:  # a fault: one line (HRM_DEBUG=1: the traceback)
+        from hrm.errors import debug_enabled, one_line
+
+        if debug_enabled():
+            raise
+        print(f"hrm-doctor: error: {one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

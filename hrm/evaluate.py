@@ -103,7 +103,11 @@ def _parse_args(argv: list[str]) -> dict:
     bad = [a for a in argv if "=" not in a]
     if bad:
         raise ValueError(f"argument {bad[0]!r} is not key=value: use hrm-evaluate checkpoint=PATH [key=value ...]")
-    return OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    except Exception as e:
+        raise ValueError(f"arguments not understood ({' '.join(str(e).split())[:150]}); fix: key=value, e.g. "
+                         f"checkpoint=RUN_DIR eval_steps=last") from None
 
 
 # --- which checkpoints of a run directory -----------------------------------------------------------------
@@ -246,11 +250,36 @@ def _raise_stopped(signum, frame) -> None:
 
 def _load_config(run_dir: Path, args: dict):
     from hrm.config import default_config
+    from hrm.schema import check_train_config, unknown_key_message
 
     config_file = run_dir / "all_config.yaml"
     if not config_file.is_file():
         raise ValueError(f"{config_file} not found: hrm-evaluate needs the run's all_config.yaml beside the checkpoint")
-    return OmegaConf.merge(default_config(), OmegaConf.load(config_file), OmegaConf.create(args))
+    unknown = [k for k in args if k not in EVAL_KEYS]
+    if unknown:
+        raise ValueError(unknown_key_message(unknown[0], [*EVAL_KEYS, "checkpoint", "eval_steps", "arc_vote"],
+                                             args[unknown[0]]))
+    try:
+        saved = OmegaConf.load(config_file)
+    except Exception as e:
+        raise ValueError(f"{config_file} is not readable ({' '.join(str(e).split())[:120]}): restore it from the "
+                         f"run, or retrain") from None
+    # the arguments' types and ranges (the saved config passed the same check when the run started)
+    check_train_config(OmegaConf.merge(default_config(), OmegaConf.create(args)))
+    return OmegaConf.merge(default_config(), saved, OmegaConf.create(args))
+
+
+# Keys of the run's config that an evaluation may change (the rest is what the checkpoint was trained with).
+EVAL_KEYS = ("data_path", "global_batch_size", "device", "eval_max_batches", "eval_save_outputs")
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """A step_N file that a kill or a full disk cut short, named before any model is built."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is truncated or not a checkpoint (no complete zip archive): delete it (training "
+                         f"writes it again at that evaluation) or evaluate another step")
 
 
 def _arc_summary(result: dict) -> dict:
@@ -280,7 +309,12 @@ class Evaluator:
     def load(self, ckpt: Path) -> None:
         from hrm.model import load_weights
 
-        load_weights(self.model, torch.load(ckpt, map_location=self.info.device, weights_only=True), str(ckpt))
+        try:
+            weights = torch.load(ckpt, map_location=self.info.device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{ckpt} is truncated or unreadable ({type(e).__name__}): delete it (training writes "
+                             f"it again at that evaluation) or evaluate another step") from None
+        load_weights(self.model, weights, str(ckpt))
 
     def step(self, step: int, on_batch: Callable[[int], None] | None = None) -> tuple[dict | None, float]:
         """Evaluate the loaded weights as step `step`: (metrics on rank 0, seconds); writes preds and eval.json."""
@@ -299,8 +333,11 @@ class Evaluator:
                 for p in _preds_files(self.run_dir, step):
                     if int(p.name.rsplit(".", 1)[1]) >= self.info.world_size:
                         p.unlink()
+            from hrm.data.logistics_metrics import evaluation_hook
+
+            task = evaluation_hook(self.cfg.data_path, self.run_dir, step) if outputs else {}  # route metrics
             atomic_write_json(self.run_dir / f"step_{step}_eval.json",
-                              {"step": step, "metrics": metrics, "seconds": round(seconds, 3)})
+                              {"step": step, "metrics": metrics, "seconds": round(seconds, 3), **task})
         return metrics, seconds
 
 
@@ -339,6 +376,7 @@ def run_single(ckpt: Path, args: dict, arc_vote: bool) -> int:
     cfg = _load_config(ckpt.parent, args)
     save_outputs = list(args.get("eval_save_outputs") or REFERENCE_SAVE_OUTPUTS)
     _check_vote_outputs(arc_vote, save_outputs)
+    check_checkpoint_file(ckpt)
     info = dist.setup(cfg.device)
     if cfg.global_batch_size % info.world_size:
         raise ValueError(f"global_batch_size={cfg.global_batch_size} is not divisible by {info.world_size} ranks")
@@ -411,10 +449,12 @@ def run_dir_mode(run_dir: Path, args: dict, arc_vote: bool, eval_steps) -> int:
     cfg = _load_config(run_dir, args)
     save_outputs = list(args.get("eval_save_outputs") or REFERENCE_SAVE_OUTPUTS)
     _check_vote_outputs(arc_vote, save_outputs)
+    to_evaluate = [s for s, a in todo.items() if a == "evaluate"]
+    for s in to_evaluate:
+        check_checkpoint_file(run_dir / f"step_{s}")
     info = dist.setup(cfg.device)
     if cfg.global_batch_size % info.world_size:
         raise ValueError(f"global_batch_size={cfg.global_batch_size} is not divisible by {info.world_size} ranks")
-    to_evaluate = [s for s, a in todo.items() if a == "evaluate"]
     ev = Evaluator(run_dir, cfg, info, save_outputs) if to_evaluate else None
     batches = 0
     if ev is not None:
@@ -492,7 +532,9 @@ def run_dir_mode(run_dir: Path, args: dict, arc_vote: bool, eval_steps) -> int:
 def run(argv: list[str]) -> int:
     args = _parse_args(argv)
     ckpt = args.pop("checkpoint", None)
-    arc_vote = bool(args.pop("arc_vote", False))
+    arc_vote = args.pop("arc_vote", False)
+    if not isinstance(arc_vote, bool):
+        raise ValueError(f"arc_vote={arc_vote!r} must be true or false; fix: arc_vote=true")
     eval_steps = args.pop("eval_steps", None)
     if not ckpt:
         raise ValueError("missing checkpoint=PATH: point it at a run directory or a step_N file inside one")
@@ -508,13 +550,23 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hrm.data.format import DatasetError
+    from hrm.errors import debug_enabled, one_line, report
 
     try:
         return run(sys.argv[1:] if argv is None else argv)
-    except (ValueError, DatasetError) as e:
-        print(f"hrm-evaluate: error: {e}", file=sys.stderr)
+    except ValueError as e:  # bad input (DatasetError and ConfigError too): one line
+        if debug_enabled():
+            raise
+        report("hrm-evaluate", one_line(e))
         return 2
+    except KeyboardInterrupt:
+        report("hrm-evaluate", "interrupted (Ctrl-C); run the same command to continue")
+        return 130
+    except Exception as e:
+        if debug_enabled():
+            raise
+        report("hrm-evaluate", one_line(e))
+        return 1
 
 
 if __name__ == "__main__":

@@ -36,12 +36,14 @@ from hrm.config import (
     auto_names,
     config_dir,
     early_stop_settings,
+    preflight,
     resume_differences,
     sweep_point_names,
     to_container,
     validate_config,
 )
 from hrm.data.format import DatasetError, atomic_write_bytes, atomic_write_json, read_metadata, validate_dataset
+from hrm.errors import debug_enabled, one_line, report
 from hrm.track import Tracker, console
 
 
@@ -335,9 +337,15 @@ def prepare(cfg: DictConfig, info: dist.DistInfo) -> dict:
     project, run_name, ckpt_path = _broadcast_names(cfg, info)
     cfg.project_name, cfg.run_name, cfg.checkpoint_path = project, run_name, ckpt_path
     run_dir = Path(ckpt_path)
+    check_writable(run_dir)
     saved_cfg = run_dir / "all_config.yaml"
     if saved_cfg.is_file():
-        diffs = resume_differences(to_container(OmegaConf.load(saved_cfg)), to_container(cfg))
+        try:
+            saved = to_container(OmegaConf.load(saved_cfg))
+        except Exception as e:
+            raise ValueError(f"{saved_cfg} is not readable ({' '.join(str(e).split())[:120]}): restore it, or use a "
+                             f"new checkpoint_path") from None
+        diffs = resume_differences(saved, to_container(cfg))
         if diffs:
             raise ValueError(f"checkpoint_path {run_dir} holds a run with other settings ({'; '.join(diffs[:3])}): "
                              f"use a new checkpoint_path, or the run's own settings to resume it")
@@ -347,28 +355,73 @@ def prepare(cfg: DictConfig, info: dist.DistInfo) -> dict:
     if cfg.arch.forward_dtype not in DTYPES:
         raise ValueError(f"arch.forward_dtype={cfg.arch.forward_dtype!r}: use bfloat16 or float32")
     resolve_attn_backend(cfg.arch.attn_backend, info.device, DTYPES[cfg.arch.forward_dtype])
-    from hrm.model.sqrt_bptt import validate_grad_settings
+    from hrm.grad_settings import validate_grad_settings
 
     validate_grad_settings(cfg.arch.get("grad_mode", "one_step"), cfg.arch.get("grad_window"),
                            cfg.arch.get("memory_limit_mb"), cfg.arch.H_cycles, cfg.arch.L_cycles)
+    if info.is_main:
+        try:  # the last check: from here on a failure is recorded in the run's status.json
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"checkpoint_path {run_dir} cannot be created ({e.strerror}); fix: use a "
+                             f"checkpoint_path you can write") from None
     return {"meta": meta, "run_dir": run_dir, "has_test": has_test, "early_stop": early}
 
 
+def check_writable(run_dir: Path) -> None:
+    """The run directory can be made and written: one line now rather than an OSError after the model is built."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"checkpoint_path {run_dir} is a file, not a run directory: use another checkpoint_path")
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise ValueError(f"checkpoint_path {run_dir}: {existing} {what}; fix: use a checkpoint_path you can write")
+
+
 def train(cfg: DictConfig) -> int:
+    """Train (or resume) one run; bad input answers in one line (exit 2), a fault in one line (exit 1) with the
+    run's status.json set to failed and its reason (a traceback only with HRM_DEBUG=1)."""
+    try:
+        info = dist.setup(cfg.device)
+        prep = prepare(cfg, info)
+    except (ValueError, DatasetError, OSError) as e:
+        report("hrm-train", one_line(e))
+        dist.teardown()
+        return 2
+    except KeyboardInterrupt:
+        report("hrm-train", "interrupted (Ctrl-C) while checking the config and data; nothing was written")
+        return 130
+    except Exception as e:  # a fault while checking (an attention backend probe, a file system): one line
+        if debug_enabled():
+            raise
+        report("hrm-train", one_line(e))
+        return 1
+    if info.is_main and not prep["has_test"]:
+        console.print(f"note: {Path(cfg.data_path) / 'test'} does not exist: training without evaluation "
+                      f"(build the test split to evaluate)", highlight=False)
+    try:
+        return _train(cfg, info, prep)
+    except BaseException as e:
+        if isinstance(e, SystemExit):
+            raise
+        reason = ("interrupted (Ctrl-C) outside a training step, so no state was saved now; run the same command "
+                  "to resume from the last saved state" if isinstance(e, KeyboardInterrupt) else one_line(e))
+        run_dir = prep["run_dir"]
+        if run_dir.is_dir():
+            runstate.mark_failed(run_dir, reason)
+        if debug_enabled():
+            raise
+        report("hrm-train", reason if isinstance(e, KeyboardInterrupt) else f"{reason} (run {run_dir})")
+        return 130 if isinstance(e, KeyboardInterrupt) else 1
+
+
+def _train(cfg: DictConfig, info: dist.DistInfo, prep: dict) -> int:
     from hrm.data.loader import PuzzleDataset
     from hrm.data.loader import total_steps as compute_total_steps
     from hrm.evaluate import evaluate, metrics_table
     from hrm.model import build_model, num_params
     from hrm.optim import cosine_schedule_with_warmup_lr
 
-    info = dist.setup(cfg.device)
-    try:
-        prep = prepare(cfg, info)
-    except (ValueError, DatasetError) as e:
-        if info.is_main:
-            print(f"hrm-train: error: {e}", file=sys.stderr)
-        dist.teardown()
-        return 2
     meta, run_dir = prep["meta"], prep["run_dir"]
     gbs, local_bs = cfg.global_batch_size, cfg.global_batch_size // info.world_size
     epochs_per_iter = cfg.eval_interval or cfg.epochs
@@ -389,8 +442,9 @@ def train(cfg: DictConfig) -> int:
             _, first, _ = next(iter(train_ds.train_iteration(1)))
             plan_for_batch(model, {k: v.to(info.device) for k, v in first.items()})
         except ValueError as e:
-            if info.is_main:
-                print(f"hrm-train: error: {e}", file=sys.stderr)
+            report("hrm-train", one_line(e))
+            if info.is_main and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # made by prepare() for this run only: nothing left behind
             dist.teardown()
             return 2
     if torch_dist.is_initialized():
@@ -564,7 +618,18 @@ def _hydra_entry(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """hrm-train: the command line is checked first (one line, exit 2), then Hydra runs (`argv` replaces the
+    process's own arguments, for tests)."""
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        problem = preflight(sys.argv[1:])
+    except KeyboardInterrupt:
+        problem = "interrupted (Ctrl-C) while checking the config; nothing was written"
+    if problem:
+        report("hrm-train", problem)
+        sys.exit(2)
     _hydra_entry()
 
 

@@ -79,6 +79,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
             f"# runs: {' '.join(stage.argv)}"
             + (f"  [launcher: {stage.launcher}]" if stage.launcher != "single" else "")
         )
+        if stage.preflight:
+            print(f"# first, on the same nodes: {' '.join(stage.preflight)}")
         print("# submitit parameters:")
         print(json.dumps(params, indent=2))
         print("# sbatch script:")
@@ -107,6 +109,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if p.cluster.account_kind(account) == "allowance" and total > 0:
         # Savio's banking plugin reserves the whole request at submission and refunds what is not used
         print(f"FCA: needs {total:,.0f} SUs available now; check with check_usage.sh -a {account}")
+    for note in p.notes:
+        print(note)
     print(f"Nothing submitted. Run directory would be {p.run_dir}")
     return 0
 
@@ -261,7 +265,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from hrm.errors import ShortParser
+
+    parser = ShortParser(
         prog="hrm-slurm",
         description="Run HRM experiments as Slurm pipelines (data -> train -> eval -> collect).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -315,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from hrm.errors import debug_enabled, one_line
     from slurm.profiles import RequestError
 
     try:
@@ -322,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     except RequestError as e:
         return _error(str(e))
     except KeyboardInterrupt:
+        print("hrm-slurm: interrupted (Ctrl-C); nothing more was sent", file=sys.stderr)
         return 130
+    except Exception as e:  # a fault (or an OSError: unwritable --out, full disk): one line unless HRM_DEBUG=1
+        if debug_enabled():
+            raise
+        _error(one_line(e))
+        return 2 if isinstance(e, OSError | ValueError) else 1
 
 
 if __name__ == "__main__":

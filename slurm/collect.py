@@ -10,6 +10,7 @@ there or in `step_N_arc_vote.json`), `all_config.yaml`, `status.json` and `best.
   report.md                 best and last checkpoint of each run, seed sweeps as mean ± sd, published numbers
   training_curves.png       the runs compared
   curves_RUN.png            one figure per run
+  view_RUN.html             hrm-data view of the last evaluated step with saved predictions (a browser page)
 
 The data behind the plots comes from plain functions (curve, moving_average, first_above, panels) that the
 tests and guides/ondemand/monitor.ipynb use too. Only the standard library and PyYAML at import (this runs
@@ -24,6 +25,7 @@ import json
 import math
 import re
 import statistics
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -622,12 +624,35 @@ def collect(runs: list[Path], out: Path) -> list[dict[str, Any]]:
             name = f"curves_{_safe(rep.label)}.png"
             plot_run(rep, out / name)
             plots[name] = f"`{rep.label}`: evaluation, train exact accuracy, loss, halting, ACT steps"
+    for run, label in zip(found, labels):
+        page = viewer_page(run, label, out)
+        if page:
+            plots[page[0]] = page[1]
     (out / "report.md").write_text(report_text(reports, groups, plots))
     for row, rep in zip(rows, reports):
         row["_report_line"] = f"{rep.label}: {rep.line()}"
     if rows:
         rows[0]["_report_path"] = str(out / "report.md")
     return rows
+
+
+def viewer_page(run: Path, label: str, out: Path) -> tuple[str, str] | None:
+    """`hrm-data view` of the run's last evaluated step that has saved predictions, as (file name, what it is);
+    None when there is none or its dataset is not here. Run as its own process: reading the prediction files
+    needs torch, which collect never imports."""
+    steps = [s for s in eval_files(run) if any(Path(run).glob(f"step_{s}_all_preds.*"))]
+    data_path = read_config(run).get("data_path")
+    if not steps or not isinstance(data_path, str) or not (Path(data_path) / "test" / "dataset.json").is_file():
+        return None
+    name = f"view_{_safe(label)}.html"
+    cmd = [sys.executable, "-m", "hrm.data.cli", "view", data_path, "--preds", str(Path(run) / f"step_{steps[-1]}"),
+           "--out", str(out / name)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        why = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"hrm-slurm collect: no viewer page for {label}: {why}", file=sys.stderr)
+        return None
+    return name, f"`{label}`: puzzles and predictions of step_{steps[-1]}, right/wrong cell by cell (open in a browser)"
 
 
 # --- plots --------------------------------------------------------------------------------------------------

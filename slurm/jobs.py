@@ -48,6 +48,9 @@ class Stage:
     workdir: str | None = None
     mail_user: str | None = None  # mail=ADDRESS: Slurm mails on mail_type events
     mail_type: str = "FAIL"
+    # run first, in the same allocation and with the same launcher; a non-zero exit fails the job before the
+    # stage's command starts (a multi-node train: python -m slurm.allreduce_check)
+    preflight: list[str] = field(default_factory=list)
 
     @property
     def status_file(self) -> str | None:
@@ -240,10 +243,13 @@ class StageRun:
         for i, a in enumerate(argv):
             if "{latest_step}" in a:
                 argv[i] = a.replace("{latest_step}", latest_step(self.stage.checkpoint_path or "."))
+        return self._launch(argv)
+
+    def _launch(self, argv: list[str]) -> list[str]:
         if self.stage.launcher == "torchrun":
             env = os.environ
             argv = [
-                "torchrun",
+                sys.executable, "-m", "hrm.torchrun",  # torchrun with a one-line failure report
                 f"--nnodes={env.get('SLURM_JOB_NUM_NODES', '1')}",
                 f"--nproc-per-node={self.stage.request.gpus}",
                 f"--node-rank={env.get('SLURM_NODEID', '0')}",
@@ -268,6 +274,13 @@ class StageRun:
             Path(self.stage.checkpoint_path).mkdir(parents=True, exist_ok=True)
             (Path(self.stage.checkpoint_path) / "slurm_restarts.txt").write_text(f"{restarts}\n")
         argv = self.argv()
+        if self.stage.preflight:
+            check = self._launch(list(self.stage.preflight))
+            print(f"[hrm-slurm] stage {self.stage.name}: pre-flight {shlex.join(check)}", flush=True)
+            rc = subprocess.run(check, preexec_fn=_ignore_usr2).returncode
+            if rc != 0:
+                raise RuntimeError(f"stage {self.stage.name}: pre-flight {shlex.join(self.stage.preflight)} exited "
+                                   f"with code {rc} (see its FAILED line above); the stage did not start")
         print(f"[hrm-slurm] stage {self.stage.name} (restart {restarts}): {shlex.join(argv)}", flush=True)
         previous = signal.getsignal(signal.SIGUSR2)
 

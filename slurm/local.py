@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from slurm import pipeline
+from slurm import lm_stages, pipeline
 from slurm.jobs import StageRun, select_stages, stage_keys
 from slurm.profiles import RequestError
 
@@ -45,6 +45,17 @@ def run_local(args: list[str]) -> int:
         if rc != 0:
             raise RequestError(f"stage {stage.name} failed (exit {rc}); fix the error above and re-run the same "
                                f"command (finished stages are skipped or resume)")
+    if any(stage.name == "eval" for stage in stages) and not lm_stages.is_lm_experiment(experiment):
+        show_solved(p, env)  # a puzzle drawing; HRM-Text has none
     ran = f"results in {p.run_dir / 'results'}" if not names or "collect" in names else "stages " + ",".join(names)
     print(f"[hrm] done: {ran}", flush=True)
     return 0
+
+
+def show_solved(p: pipeline.Plan, env: dict[str, str]) -> None:
+    """Draw one test puzzle the model solved (before/after) and where the all-puzzles page is.
+
+    A separate process, since reading the predictions needs torch; a failure here only costs the picture."""
+    argv = [sys.executable, "-m", "hrm.data.solved", str(p.run_dir), "--data", str(p.data_path)]
+    if subprocess.run(argv, env=env).returncode != 0:
+        print("[hrm] (no solved puzzle to show: see the line above)", flush=True)

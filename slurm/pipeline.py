@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,7 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it is not submitted
     venv: str | None = None
     wandb_mode: str | None = None
+    notes: list[str] = field(default_factory=list)  # printed by preview (HRM-Text: expected time, memory)
 
     @property
     def slurm_dir(self) -> Path:
@@ -164,6 +166,38 @@ def build_argv(build: dict[str, Any], data_path: Path) -> list[str]:
 # --- the plan ---------------------------------------------------------------------------------------------
 
 
+def whole(value: Any, key: str, low: int) -> int:
+    """A Slurm count given on the command line or in resources:, as an int >= low; RequestError (one line)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not (text.isdigit() or (text.startswith("-") and text[1:].isdigit())) \
+            or int(text) < low:
+        raise RequestError(f"{key}={value} must be a whole number >= {low}; fix: e.g. {key}={max(low, 1)}")
+    return int(text)
+
+
+def checked_config(experiment: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The experiment's training config for these overrides, checked by the trainer's own typed schema and rules
+    (hrm.schema, hrm.config: torch-free), so a bad value is refused here, not in the train job."""
+    from omegaconf import OmegaConf
+
+    from hrm.config import known_experiments, validate_config
+    from hrm.schema import hydra_problem, train_keys
+    from slurm.experiment import compose
+
+    try:
+        cfg = compose(experiment, overrides)
+    except RequestError as e:
+        if not str(e).startswith("bad training override"):
+            raise
+        keys = sorted({*train_keys(), *SLURM_KEYS})
+        raise RequestError(hydra_problem(e, overrides, keys, known_experiments())) from None
+    try:
+        validate_config(OmegaConf.create(cfg), 1)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    return cfg
+
+
 def requested_qos(opt: dict[str, str], stage: str) -> str | None:
     """qos.STAGE= for one stage; qos= (or SAVIO_QOS through the setup script) for the compute stages."""
     return opt.get(f"qos.{stage}") or (opt.get("qos") if stage in ("train", "eval") else None) or None
@@ -172,17 +206,24 @@ def requested_qos(opt: dict[str, str], stage: str) -> str | None:
 def plan(args: list[str], *, run_id: str | None = None, stage_names: list[str] | None = None) -> Plan:
     """Check everything and build the stages (only `stage_names` when given). Raises RequestError (one line)
     on bad input: the QoS of each stage is checked only for the stages that are sent."""
-    from slurm.experiment import compose
+    from hrm.config import slurm_minutes
 
     experiment, opt, overrides = split_args(args)
+    from slurm import lm_stages
+
+    if lm_stages.is_lm_experiment(experiment):  # HRM-Text (configs/lm): its own commands, the same checks
+        return lm_stages.plan(args, run_id=run_id, stage_names=stage_names)
     cluster = profiles.load_cluster(opt.get("cluster") or default_cluster())
-    cfg = compose(experiment, overrides)
+    cfg = checked_config(experiment, overrides)
     res = dict(cfg.get("resources") or {})
 
     def pick(key: str, default: Any = None) -> Any:
         return opt.get(key, res.get(key, default))
 
-    gpus, nodes = int(pick("gpus", 0)), int(pick("nodes", 1))
+    gpus, nodes = whole(pick("gpus", 0), "gpus", 0), whole(pick("nodes", 1), "nodes", 1)
+    for key, low in (("cpus_per_gpu", 1), ("max_requeues", 0), ("data_cpus", 1), ("cpus", 1)):
+        if pick(key) is not None:
+            whole(pick(key), key, low)
     launcher = opt.get("launcher") or ("single" if gpus * nodes <= 1 else "torchrun")
     if launcher not in ("single", "torchrun", "srun"):
         raise RequestError(f"launcher={launcher} is unknown; fix: launcher=torchrun or launcher=srun")
@@ -204,6 +245,21 @@ def plan(args: list[str], *, run_id: str | None = None, stage_names: list[str] |
         tasks_per_node=gpus if launcher == "srun" else 1,
         **common,
     )
+    for key in ("time", "data_time", "eval_time"):  # time=0 (Slurm: no limit) or a typo, before any stage is built
+        if opt.get(key) is not None:
+            try:
+                slurm_minutes(opt[key])
+            except ValueError:
+                raise RequestError(f"{key}={opt[key]} is not a positive Slurm time limit; fix: {key}=HH:MM:SS, "
+                                   f"D-HH:MM:SS or minutes, e.g. {key}=01:00:00") from None
+    mem = pick("mem")
+    if mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", str(mem).strip(), re.IGNORECASE):
+        raise RequestError(f"mem={mem} is not a Slurm memory size; fix: e.g. mem=32G (K, M, G or T)")
+    ranks = max(1, gpus * nodes)  # what the cluster can give is checked first, then whether the batch splits
+    if cfg.get("global_batch_size") and int(cfg["global_batch_size"]) % ranks:
+        gbs = int(cfg["global_batch_size"])
+        raise RequestError(f"global_batch_size={gbs} is not divisible by the {ranks} ranks of gpus={gpus} "
+                           f"nodes={nodes}; fix: global_batch_size={gbs // ranks * ranks or ranks}, or other gpus=")
     cpu_part = cluster.default_partition(0).name
     eval_req = profiles.resolve(
         cluster,
@@ -228,6 +284,13 @@ def plan(args: list[str], *, run_id: str | None = None, stage_names: list[str] |
     run_dir = _expand(str(cfg["checkpoint_path"])) if cfg.get("checkpoint_path") else runs_dir / run_id
     data_path = resolve_data_path(str(cfg.get("data_path") or "data"), cluster)
     venv = opt.get("venv") or (sys.prefix if sys.prefix != sys.base_prefix else None)
+    if opt.get("venv") and not (_expand(opt["venv"]) / "bin" / "activate").is_file():
+        raise RequestError(f"venv={opt['venv']} is not a virtual environment (no bin/activate); fix: venv=PATH of "
+                           f"one made by ./hrm_savio_setup.sh setup, or drop venv=")
+    parent = next(q for q in (run_dir, *run_dir.parents) if q.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RequestError(f"run directory {run_dir} cannot be made ({parent} is not a writable directory); fix: "
+                           f"runs_dir= or checkpoint_path= somewhere you can write")
     max_requeues = int(opt.get("max_requeues", DEFAULT_MAX_REQUEUES))
     workdir = str(Path.cwd())
 

@@ -96,7 +96,7 @@ def test_config_cli_exit_codes_and_unbuilt_dataset(tmp_path, capsys):
     assert any("arch.grad_window=99 is outside 1..6" in e for e in errors)  # demo arch: 2x2, T = 6
     assert main(["config", "+experiment=no_such_thing"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "experiment/no_such_thing" in err
+    assert len(err.splitlines()) == 1 and "unknown experiment 'no_such_thing'" in err
 
 
 def test_parse_batches():

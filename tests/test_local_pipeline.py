@@ -24,6 +24,9 @@ def test_run_local_trains_evaluates_and_collects(tmp_path):
     assert json.loads((run_dir / "status.json").read_text())["step"] == 12
     assert json.loads((run_dir / "step_12_eval.json").read_text())["metrics"]["all"]["steps"] == 3.0
     assert (run_dir / "results" / "results.csv").is_file()
+    # it ends by drawing a test puzzle from the predictions and saying where the page of all of them is
+    assert "[hrm] a puzzle the model solved" in res.stdout or "[hrm] no test puzzle solved yet" in res.stdout
+    assert "[hrm] view all puzzles: " in res.stdout and "step_12" in res.stdout.split("view all puzzles: ")[1]
     # a second run resumes nothing, re-evaluates the same checkpoint and says so
     again = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600,
                            env={**os.environ, "WANDB_MODE": "disabled"})

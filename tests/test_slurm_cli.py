@@ -292,7 +292,7 @@ def test_torchrun_gets_the_save_time_and_only_own_requeues_count(tmp_path, monke
     p = pipeline.plan(["+experiment=maze", "cluster=savio", "account=fc_lab", "time=10:00:00"])
     train = next(s for s in p.stages if s.name == "train")
     argv = StageRun(train).argv()
-    assert argv[0] == "torchrun" and "--shutdown-timeout=100" in argv and "--nproc-per-node=4" in argv
+    assert argv[1:3] == ["-m", "hrm.torchrun"] and "--shutdown-timeout=100" in argv and "--nproc-per-node=4" in argv
     train.checkpoint_path = str(tmp_path / "run")
     (tmp_path / "run").mkdir()
     monkeypatch.setenv("SLURM_RESTART_COUNT", "7")  # preemptions count here too; they must not stop requeues

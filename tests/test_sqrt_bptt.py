@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hrm.grad_settings import application_order, num_applications
 from hrm.model.hrm_act import HierarchicalReasoningModel_ACTV1, HRMConfig
 from hrm.model.losses import ACTLossHead
 from hrm.model.sqrt_bptt import (
-    application_order,
     choose_stretch,
     estimate_activation_bytes,
     measure_application_bytes,
-    num_applications,
     plan_for_batch,
 )
 

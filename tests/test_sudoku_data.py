@@ -325,6 +325,42 @@ def test_generate_unique_puzzles_and_build(tmp_path, capsys):
     assert (again / "train.csv").read_text() == (out / "train.csv").read_text()
 
 
+def test_generate_blanks_sets_the_difficulty(tmp_path):
+    out = tmp_path / "easy"
+    assert hrm_data(["generate", "sudoku", "--count", "6", "--test-count", "3", "--seed", "1", "--blanks", "7",
+                     "--output-dir", str(out)]) == 0
+    for name in ("train.csv", "test.csv"):
+        for line in (out / name).read_text().splitlines()[1:]:
+            _, q, a, _ = line.split(",")
+            assert q.count(".") == 7
+            grid = [0 if ch == "." else int(ch) for ch in q]
+            assert brute_force_count(grid) == 1 and all(g in (0, int(s)) for g, s in zip(grid, a))
+    for bad in ("0", "65"):
+        with pytest.raises(DatasetError, match=f"--blanks {bad} is out of range: use 1..64"):
+            sudoku.generate(tmp_path / f"bad{bad}", 3, blanks=int(bad))
+    assert not (tmp_path / "bad0").exists()
+
+
+def test_build_from_generated_puzzles_is_offline_and_seeded(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("source=generated must not touch the network")
+
+    monkeypatch.setattr(sources, "hub_reachable", no_network)
+    summary = sudoku.build("generated", tmp_path / "demo", subsample_size=8, num_aug=1, seed=2, blanks=5)
+    assert summary["train"] == {"groups": 8, "puzzles": 16} and summary["test"]["groups"] == 200
+    test = load_split(tmp_path / "demo" / "test")
+    assert ((np.asarray(test["inputs"]) == 1).sum(axis=1) == 5).all()  # token 1 is a blank cell
+    validate_dataset(tmp_path / "demo", full=True)
+    assert sudoku.build("generated", tmp_path / "demo", subsample_size=8, num_aug=1, seed=2, blanks=5) is None
+    again = sudoku.build("generated", tmp_path / "again", subsample_size=8, num_aug=1, seed=2, blanks=5)
+    assert again == {**summary, "output_dir": str(tmp_path / "again")}
+    for split in ("train", "test"):
+        assert (np.asarray(load_split(tmp_path / "again" / split)["inputs"]) ==
+                np.asarray(load_split(tmp_path / "demo" / split)["inputs"])).all()
+    with pytest.raises(DatasetError, match="--blanks 5 applies to generated puzzles only: add --source generated"):
+        sudoku.build(str(tmp_path), tmp_path / "nope", blanks=5)
+
+
 def test_solver_counts_and_rates(tmp_path):
     grid = [0 if ch == "." else int(ch) for ch in GOOD_Q]
     result = sudoku_solver.solve(grid, limit=2)

@@ -204,6 +204,13 @@ def check_dataset(path: str | Path, global_batch_size: int = 768, epochs: int | 
     if "train" in splits and splits["train"]["sets"] and global_batch_size > 0:
         report["sampling"] = _sampling(splits["train"], splits.get("test"), global_batch_size, epochs,
                                        eval_interval, lr_warmup_steps, errors, warnings)
+    if full and not errors and "train" in splits:
+        from hrm.data.logistics_metrics import is_logistics, lint_dataset
+
+        if is_logistics(path):  # the task linter (city-logistics.md A.8 item 8)
+            report["logistics"], lint_errors, lint_warnings = lint_dataset(path)
+            errors.extend(lint_errors)
+            warnings.extend(lint_warnings)
     report["ok"] = not errors
     return report
 
@@ -248,6 +255,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_cmd(args: argparse.Namespace) -> int:
+    if not Path(args.path).is_dir():  # nothing to report on: one line, not an empty table
+        raise DatasetError(f"{args.path} is not a directory: build the dataset with hrm-data build ... or fix the "
+                           f"path")
     report = check_dataset(args.path, args.global_batch_size, args.epochs, args.eval_interval,
                            args.lr_warmup_steps, full=not args.quick)
     if args.json:
@@ -292,6 +302,10 @@ def print_report(report: dict) -> None:
             if s.get(key) is not None:
                 st.add_row(label, f"{s[key]:,}")
         console.print(st)
+    if "logistics" in report:
+        from hrm.data.logistics_metrics import lint_table
+
+        console.print(lint_table(report["logistics"]))
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     for e in report["errors"]:

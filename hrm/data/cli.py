@@ -16,15 +16,19 @@ import sys
 COMMAND_MODULES = (
     "hrm.data.sudoku",
     "hrm.data.maze",
+    "hrm.data.logistics",
     "hrm.data.arc",
     "hrm.data.check",
     "hrm.data.show",
+    "hrm.data.view",
     "hrm.arc_vote",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hrm-data", description="Build, generate, check and show HRM datasets.")
+    from hrm.errors import ShortParser
+
+    parser = ShortParser(prog="hrm-data", description="Build, generate, check and show HRM datasets.")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build = top.add_parser("build", help="build a dataset in the reference layout").add_subparsers(
         dest="kind", required=True, metavar="KIND")
@@ -43,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from hrm.data.format import DatasetError
+    from hrm.errors import debug_enabled, one_line
 
     args = build_parser().parse_args(argv)
     try:
@@ -50,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as e:
         print(f"hrm-data: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: builds have removed their temporary directory
+        why = str(e) or "Ctrl-C"
+        print(f"hrm-data: interrupted ({why}); nothing was left half-written: run the same command again",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # a full disk, an unreadable file, a fault: one line (HRM_DEBUG=1: the traceback)
+        if debug_enabled():
+            raise
+        print(f"hrm-data: error: {one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, OSError | ValueError) else 1
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ valid: everything goes to a temporary sibling that is renamed into place only wh
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,7 +206,8 @@ def validate_dataset(data_path: Path, splits: tuple[str, ...] = ("train", "test"
     """Raise DatasetError with one line naming the file, the problem and the fix; cheap unless `full`."""
     data_path = Path(data_path)
     if not data_path.is_dir():
-        raise DatasetError(f"dataset directory {data_path} does not exist: build it with hrm-data build ... "
+        what = "is a file, not a dataset directory" if data_path.exists() else "does not exist"
+        raise DatasetError(f"dataset directory {data_path} {what}: build it with hrm-data build ... "
                            f"or set data_path to a built dataset")
     for split in splits:
         split_dir = data_path / split
@@ -228,12 +231,88 @@ def read_build_info(out_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+MIN_FREE_BYTES = 64 << 20  # a build refuses to start with less free space than this (plus its own estimate)
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """SIGTERM / SIGHUP during a build: unwinds like Ctrl-C, so the temporary directory is removed."""
+
+
+def ensure_free(where: Path, need: int = 0) -> None:
+    """DatasetError (one line) when the file system of `where` has less than `need` bytes (+ a margin) free."""
+    free = shutil.disk_usage(where).free
+    if free < need + MIN_FREE_BYTES:
+        raise DatasetError(f"not enough disk space under {where}: the build needs about "
+                           f"{(need + MIN_FREE_BYTES) / 1e9:.2f} GB and {free / 1e9:.2f} GB are free; fix: free "
+                           f"some space (df -h {where}) or choose another --output-dir")
+
+
+def preallocate(path: Path) -> None:
+    """Reserve a file's blocks now (it was just created at full size, sparse): a full disk then fails here with
+    ENOSPC, not later with SIGBUS when a memory map writes into a hole."""
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    return  # a file system without fallocate: keep the sparse file
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_builds(out_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(temp dirs of `out_dir` left by builds that were killed, those of builds still running)."""
+    out_dir = Path(out_dir)
+    dead, alive = [], []
+    for p in out_dir.parent.glob(f".{out_dir.name}.tmp-*") if out_dir.parent.is_dir() else []:
+        tail = p.name.rsplit("-", 1)[-1]
+        if not tail.isdigit():
+            continue
+        (alive if int(tail) != os.getpid() and _pid_alive(int(tail)) else dead).append(p)
+    return dead, alive
+
+
 @contextlib.contextmanager
-def building(out_dir: Path, build_info: dict) -> Iterator[Path | None]:
+def _signals_unwind() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise BuildInterrupted while building (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise BuildInterrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def building(out_dir: Path, build_info: dict, need_bytes: int = 0) -> Iterator[Path | None]:
     """Yield a temporary directory to build into, renamed to `out_dir` on success.
 
     Yields None when `out_dir` already holds the same build (same `build_info`), so builders can skip.
-    Raises DatasetError when it holds something else. The temp dir is removed on any failure.
+    Raises DatasetError when it holds something else, when another build of it is running, or when the disk has
+    less than `need_bytes` (+ a margin) free. The temp dir is removed on any failure, Ctrl-C, SIGTERM and SIGHUP
+    included; one left by a SIGKILL is removed by the next build of the same `out_dir` (with a note). A full disk
+    (ENOSPC) becomes one DatasetError line.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -243,15 +322,31 @@ def building(out_dir: Path, build_info: dict) -> Iterator[Path | None]:
             return
         what = "a different dataset" if existing else "files that are not an hrm-data build"
         raise DatasetError(f"{out_dir} already holds {what}: choose another --output-dir or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"cannot create {out_dir.parent} ({e.strerror}): choose a writable --output-dir") from None
+    if not os.access(out_dir.parent, os.W_OK | os.X_OK):
+        raise DatasetError(f"{out_dir.parent} is not writable: choose a writable --output-dir")
+    dead, alive = stale_builds(out_dir)
+    if alive:
+        raise DatasetError(f"another build (pid {alive[0].name.rsplit('-', 1)[-1]}) is writing {out_dir}: wait for "
+                           f"it to finish, or stop it and run this again")
+    for p in dead:
+        shutil.rmtree(p, ignore_errors=True)
+        print(f"hrm-data: note: removed {p}, left by a build that was killed", file=sys.stderr)
+    ensure_free(out_dir.parent, need_bytes)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        yield tmp
-        atomic_write_json(tmp / BUILD_INFO, build_info)
-        os.replace(tmp, out_dir)
-    except BaseException:
+        with _signals_unwind():
+            yield tmp
+            atomic_write_json(tmp / BUILD_INFO, build_info)
+            os.replace(tmp, out_dir)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise DatasetError(f"no space left on the device while building {out_dir} (the partial build was "
+                               f"removed); fix: free some space (df -h {out_dir.parent}) or choose another "
+                               f"--output-dir") from None
         raise

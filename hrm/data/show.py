@@ -1,8 +1,8 @@
 """`hrm-data show PATH --index i`: one puzzle of a built dataset, in the terminal or as a PNG.
 
 The kind of dataset is read from dataset.json (Sudoku: seq 81 / vocab 11; Maze: 900 / 6; ARC:
-900 / 12); anything else is shown as a plain grid of token ids. Every example of the puzzle is
-shown as input -> label, with the puzzle's identifier mapped back to its name.
+900 / 12; logistics: any square grid / 14); anything else is shown as a plain grid of token ids.
+Every example of the puzzle is shown as input -> label, with the puzzle's identifier mapped back to its name.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ MAZE_COLOURS = {0: "#000000", 1: "#333333", 2: "#FFFFFF", 3: "#2ECC40", 4: "#FF4
 
 
 def dataset_kind(seq_len: int, vocab_size: int) -> str:
+    from hrm.data.logistics import VOCAB_SIZE as LOGISTICS_VOCAB
+
+    if vocab_size == LOGISTICS_VOCAB and math.isqrt(seq_len) ** 2 == seq_len:
+        return "logistics"  # any square city (30x30 like Maze, smaller for demos)
     return {(81, 11): "sudoku", (900, 6): "maze", (900, 12): "arc"}.get((seq_len, vocab_size), "grid")
 
 
@@ -123,6 +127,10 @@ def render_example(kind: str, inputs: np.ndarray, labels: np.ndarray) -> tuple:
         return _maze_text(inputs), _maze_text(labels)
     if kind == "arc":
         return _arc_text(arc_crop(inputs)), _arc_text(arc_crop(labels))
+    if kind == "logistics":
+        from hrm.data.logistics import map_text
+
+        return map_text(inputs), map_text(labels)
     return _grid_text(inputs), _grid_text(labels)
 
 
@@ -167,6 +175,12 @@ def save_png(puzzle: dict, out: str | Path) -> Path:
                 side = int(math.isqrt(len(tokens)))
                 colours = [MAZE_COLOURS[k] for k in range(6)]
                 ax.imshow(tokens.reshape(side, side), cmap=ListedColormap(colours), vmin=0, vmax=5)
+            elif puzzle["kind"] == "logistics":
+                from hrm.data.logistics import TOKEN_COLOURS
+
+                side = int(math.isqrt(len(tokens)))
+                ax.imshow(tokens.reshape(side, side), cmap=ListedColormap(TOKEN_COLOURS), vmin=0,
+                          vmax=len(TOKEN_COLOURS) - 1)
             elif puzzle["kind"] == "sudoku":
                 ax.imshow(np.ones((9, 9)), cmap="gray", vmin=0, vmax=1)
                 for r in range(9):

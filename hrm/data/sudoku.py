@@ -24,6 +24,7 @@ from hrm.data.format import (
     building,
     check_arrays,
     load_split,
+    preallocate,
     read_build_info,
     write_array,
 )
@@ -34,6 +35,9 @@ HEADER = ["source", "question", "answer", "rating"]
 READ_BLOCK = 1 << 16     # CSV rows per array conversion
 NO_RATING = np.iinfo(np.int64).min
 CHUNK_COPIES = 1 << 15   # augmented copies per vectorised chunk (bounds memory; results do not depend on it)
+GENERATED = "generated"  # --source value: fresh seeded puzzles from `generate` (no network)
+DEFAULT_CLUES = 24       # the generator blanks cells down to this many clues unless --blanks says otherwise
+MAX_BLANKS = 81 - 17     # 17 clues is the fewest a unique-solution sudoku can have
 
 
 @dataclass
@@ -234,6 +238,8 @@ def _write_split(split_dir: Path, rows: SudokuRows, num_aug: int, rng: np.random
     total = n * per
     arrays = {name: np.lib.format.open_memmap(split_dir / f"all__{name}.npy", mode="w+", dtype=np.uint8,
                                               shape=(total, 81)) for name in ("inputs", "labels")}
+    for name in arrays:  # a full disk: ENOSPC here, not SIGBUS from the map below
+        preallocate(split_dir / f"all__{name}.npy")
     grids = {"inputs": rows.questions, "labels": rows.answers}
     groups_per_chunk = max(1, CHUNK_COPIES // per)
     for g0 in range(0, n, groups_per_chunk):
@@ -267,8 +273,16 @@ def _write_split(split_dir: Path, rows: SudokuRows, num_aug: int, rng: np.random
 
 def build(source: str = DEFAULT_SOURCE, output_dir: str | Path = "data/sudoku-extreme-full",
           subsample_size: int | None = None, min_difficulty: int | None = None, num_aug: int = 0,
-          seed: int = 0, skip_bad: bool = False) -> dict | None:
-    """Build train/test splits; returns a summary, or None when `output_dir` already holds this build."""
+          seed: int = 0, skip_bad: bool = False, blanks: int | None = None) -> dict | None:
+    """Build train/test splits; returns a summary, or None when `output_dir` already holds this build.
+
+    `source="generated"` builds from fresh seeded puzzles (`subsample_size` of them, default 1000, each
+    with `blanks` blank cells when given), so a demo needs no network and is the same everywhere.
+    """
+    if blanks is not None and source != GENERATED:
+        raise DatasetError(f"--blanks {blanks} applies to generated puzzles only: add --source {GENERATED} "
+                           f"or drop --blanks")
+    _check_blanks(blanks)
     if num_aug < 0:
         raise DatasetError(f"--num-aug {num_aug} is negative: use 0 (no augmentation) or more")
     if subsample_size is not None and subsample_size < 1:
@@ -279,6 +293,8 @@ def build(source: str = DEFAULT_SOURCE, output_dir: str | Path = "data/sudoku-ex
         if existing and existing.get("args", {}).get("requested_source") == "auto":
             return None  # an earlier auto build (hub or generated) stands
         source = _auto_source(Path(output_dir), subsample_size or 1000, seed)
+    elif source == GENERATED:
+        source = _generated_source(Path(output_dir), subsample_size or 1000, seed, blanks)
     folder = sources.resolve_csv_source(source)
     paths = {split: folder / f"{split}.csv" for split in ("train", "test")}
     info = {"builder": "sudoku", "version": BUILDER_VERSION,
@@ -287,7 +303,7 @@ def build(source: str = DEFAULT_SOURCE, output_dir: str | Path = "data/sudoku-ex
                      "num_aug": num_aug, "seed": seed, "skip_bad": skip_bad},
             "source_sha256": {p.name: sha256_file(p) for p in paths.values()}}
     summary = {"output_dir": str(output_dir), "skipped": {}}
-    with building(Path(output_dir), info) as tmp:
+    with building(Path(output_dir), info, need_bytes=_estimate_bytes(paths, subsample_size, num_aug)) as tmp:
         if tmp is None:
             return None
         rng = np.random.default_rng(seed)
@@ -319,9 +335,40 @@ def _auto_source(output_dir: Path, count: int, seed: int) -> str:
     return str(raw)
 
 
+def _estimate_bytes(paths: dict[str, Path], subsample_size: int | None, num_aug: int) -> int:
+    """About what a build writes, from the CSV sizes (a row is ~170 bytes there and 170 bytes built): for the
+    free-space check before anything is written."""
+    total = 0
+    for split, path in paths.items():
+        rows = path.stat().st_size // 170 + 1
+        if split == "train":
+            rows = min(rows, subsample_size or rows) * (1 + num_aug)
+        total += rows * 170
+    return total
+
+
+def _generated_source(output_dir: Path, count: int, seed: int, blanks: int | None) -> str:
+    """Generate (once) the raw CSVs of a `--source generated` build beside the dataset; returns their folder."""
+    raw = output_dir.parent / "raw" / f"sudoku-generated-{count}-{blanks or 'max'}blanks-seed{seed}"
+    generate(raw, count, seed=seed, test_count=max(200, count // 5), blanks=blanks)
+    return str(raw)
+
+
+def _check_blanks(blanks: int | None) -> None:
+    if blanks is not None and not 1 <= blanks <= MAX_BLANKS:
+        raise DatasetError(f"--blanks {blanks} is out of range: use 1..{MAX_BLANKS} (a unique solution needs "
+                           f"at least 17 clues)")
+
+
 def generate(output_dir: str | Path, count: int, seed: int = 0, test_count: int | None = None,
-             target_clues: int = 24) -> Path | None:
-    """Write train.csv/test.csv of unique-solution puzzles in the official format; None if already there."""
+             blanks: int | None = None) -> Path | None:
+    """Write train.csv/test.csv of unique-solution puzzles in the official format; None if already there.
+
+    Cells are blanked while the solution stays unique, down to 24 clues, or exactly `blanks` blank cells
+    when given (few blanks make easy puzzles: every blank is then forced by its filled peers).
+    """
+    _check_blanks(blanks)
+    target_clues = DEFAULT_CLUES if blanks is None else 81 - blanks
     if count < 1:
         raise DatasetError(f"--count {count} must be at least 1")
     test_count = max(1, count // 5) if test_count is None else test_count
@@ -352,7 +399,7 @@ def generate(output_dir: str | Path, count: int, seed: int = 0, test_count: int 
 
 def _run_build(args: argparse.Namespace) -> int:
     summary = build(args.source, args.output_dir, args.subsample_size, args.min_difficulty, args.num_aug,
-                    args.seed, args.skip_bad)
+                    args.seed, args.skip_bad, args.blanks)
     if summary is None:
         print(f"{args.output_dir}: already built, skipping")
         return 0
@@ -366,7 +413,7 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    out = generate(args.output_dir, args.count, args.seed, args.test_count)
+    out = generate(args.output_dir, args.count, args.seed, args.test_count, args.blanks)
     if out is None:
         print(f"{args.output_dir}: already generated, skipping")
     else:
@@ -379,14 +426,18 @@ def register_build(subparsers) -> None:
     p = subparsers.add_parser("sudoku", help="Sudoku-Extreme (HF sapientinc/sudoku-extreme or a folder)",
                               description="Build the Sudoku-Extreme dataset in the reference layout.")
     p.add_argument("--source", default=DEFAULT_SOURCE,
-                   help=f"HF dataset id, a folder with train.csv and test.csv, or 'auto' (the hub if it answers "
-                        f"within seconds, else generated puzzles) (default {DEFAULT_SOURCE})")
+                   help=f"HF dataset id, a folder with train.csv and test.csv, 'auto' (the hub if it answers "
+                        f"within seconds, else generated puzzles), or '{GENERATED}' (seeded generated puzzles, "
+                        f"--subsample-size of them, default 1000) (default {DEFAULT_SOURCE})")
     p.add_argument("--output-dir", required=True, help="where to write the dataset (created atomically)")
     p.add_argument("--subsample-size", type=int, default=None, help="random N train rows (default: all)")
     p.add_argument("--min-difficulty", type=int, default=None, help="keep rows with rating >= R")
     p.add_argument("--num-aug", type=int, default=0, help="augmented copies per train puzzle (paper: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsample and the augmentations")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed rows instead of stopping")
+    p.add_argument("--blanks", type=int, default=None,
+                   help=f"with --source {GENERATED}: blank cells per puzzle (default: as many as uniqueness "
+                        f"allows, down to {DEFAULT_CLUES} clues)")
     p.set_defaults(func=_run_build)
 
 
@@ -397,5 +448,8 @@ def register_generate(subparsers) -> None:
     p.add_argument("--count", type=int, required=True, help="train puzzles")
     p.add_argument("--test-count", type=int, default=None, help="test puzzles (default count // 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blanks", type=int, default=None,
+                   help=f"blank cells per puzzle, 1..{MAX_BLANKS}; fewer is easier (default: as many as "
+                        f"uniqueness allows, down to {DEFAULT_CLUES} clues)")
     p.add_argument("--output-dir", required=True)
     p.set_defaults(func=_run_generate)

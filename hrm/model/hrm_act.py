@@ -68,7 +68,7 @@ class HRMConfig:
         for key in ("H_cycles", "L_cycles", "H_layers", "L_layers", "halt_max_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"arch.{key} must be >= 1, got {getattr(self, key)}")
-        from hrm.model.sqrt_bptt import validate_grad_settings
+        from hrm.grad_settings import validate_grad_settings
 
         validate_grad_settings(self.grad_mode, self.grad_window, self.memory_limit_mb,
                                self.H_cycles, self.L_cycles)
