@@ -97,9 +97,10 @@ def counted_flops(model: Any, batch: Any, bp_steps: int) -> dict[str, int]:
     """FlopCounterMode over one forward + loss + backward: {"total", "linear" (mm/addmm), "attention" (the
     rest: sdpa / bmm / flex)}."""
     import torch
-    from hrm.lm.model import lm_loss
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
+
+    from hrm.lm.model import lm_loss
 
     model.zero_grad(set_to_none=True)
     # the math kernel is spelled out in bmm's that FlopCounterMode counts; the fused CPU kernel is not counted
@@ -131,6 +132,7 @@ def masked_attention_keys(samples: list[tuple[Any, Any]], tokens: int) -> float:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
+
     from hrm.lm.model import build_lm, lm_config, lm_loss, round_vocab
 
     torch.manual_seed(0)

@@ -304,11 +304,21 @@ def _write_job(args) -> int:
     return written
 
 
+def _default_signals() -> None:
+    """A forked worker must not inherit the build's SIGTERM handler (format.building): Pool.terminate() stops
+    its workers with SIGTERM, and a worker that raises instead of exiting can leave the pool's join hanging."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
 def _run(func, jobs: list, workers: int, ordered: bool = False):
     if workers <= 1:
         yield from map(func, jobs)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_default_signals) as pool:
         yield from (pool.imap if ordered else pool.imap_unordered)(func, jobs, chunksize=1)
 
 
