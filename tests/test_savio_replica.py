@@ -197,6 +197,7 @@ def test_a_preempted_lowprio_eval_job_is_requeued_and_the_pipeline_ends(
             f"data_path={slurm_home}/data",
             f"runs_dir={slurm_home}/runs",
             f"build.args.source={sudoku_long_eval}",
+            "build.args.blanks=null",  # the demo's generated-puzzle option does not apply to a CSV
             "build.args.subsample_size=64",
             "build.args.num_aug=1",
             *tiny,

@@ -124,6 +124,7 @@ def test_sudoku_pipeline_data_train_eval_collect(slurm_cluster, slurm_home, sudo
             f"data_path={data}",
             f"runs_dir={slurm_home}/runs",
             f"build.args.source={sudoku_csv}",
+            "build.args.blanks=null",  # the demo's generated-puzzle option does not apply to a CSV
             "build.args.subsample_size=64",
             "build.args.num_aug=1",
             *TINY,

@@ -196,7 +196,7 @@ def test_relative_data_path_lands_in_the_cluster_data_dir(tmp_path, monkeypatch)
     absolute = pipeline.plan(["+experiment=arc1", "cluster=savio", "account=fc_x", f"data_path={tmp_path}/d"])
     assert absolute.data_path == tmp_path / "d"
     local = pipeline.plan(["+experiment=sudoku_demo", "cluster=local"])  # no data_dir: the working directory
-    assert local.data_path == tmp_path / "data" / "sudoku-demo"
+    assert local.data_path == tmp_path / "data" / "sudoku-demo-6blanks"
 
 
 def test_a_user_file_can_override_savio_under_its_own_name(tmp_path, monkeypatch):
