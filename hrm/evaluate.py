@@ -237,8 +237,8 @@ def _test_batches(data_path: str, sets: list[str], global_batch_size: int, max_b
     return min(n, max_batches) if max_batches is not None else n
 
 
-class _Stopped(Exception):
-    pass
+class _Stopped(BaseException):
+    """A BaseException so that no `except Exception` on the way (a checkpoint load) mistakes the stop for damage."""
 
 
 def _raise_stopped(signum, frame) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 USAGE_KEYS = """\
 Slurm keys (everything else is a training override passed to hrm-train, e.g. lr=7e-5):
   cluster=savio|local|NAME   partition=NAME   gpus=N (per node)   gpu_type=A5000   nodes=N
-  cpus_per_gpu=N   time=D-HH:MM:SS   mem=32G   account=fc_x   launcher=torchrun|srun
+  cpus_per_gpu=N   cpus=N (CPU-only training)   time=D-HH:MM:SS   mem=32G
+  account=fc_x   launcher=torchrun|srun
   qos=NAME (train and eval; default: chosen per stage from the account, partition and GPU type)
   qos.data=|qos.train=|qos.eval=|qos.collect=NAME (one stage)
   max_requeues=N   venv=PATH   runs_dir=DIR   data_time=...   eval_time=...

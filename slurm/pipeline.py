@@ -31,6 +31,7 @@ SLURM_KEYS = {
     "gpu_type",
     "nodes",
     "cpus_per_gpu",
+    "cpus",
     "time",
     "mem",
     "account",

@@ -67,14 +67,16 @@ def slurm_home(tmp_path, monkeypatch):
         subprocess.run(["scancel", *ids], check=False, capture_output=True)
 
 
-def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: float = 1.0) -> object:
+def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: float = 1.0,
+             state: Callable[[], str] | None = None) -> object:
+    """Poll `pred`; on time-out, fail with `state()` (what the jobs were doing) when given."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{state()}" if state else ""))
 
 
 def wait_jobs_done(job_ids: list[str], timeout: float) -> dict[str, dict]:

@@ -138,7 +138,7 @@ def test_preempted_training_resumes_to_the_weights_of_an_uninterrupted_run(
     # the uninterrupted run with the same ranks: two ranks add their gradients in the same order on one node
     ref = reference_run(slurm_home, sudoku_data, "reference", job_threads(rec), *train, ranks=nodes)
     try:
-        wait_for(lambda: run_step(run) >= 3, 900, f"training to reach step 3: {describe(rec)[-2000:]}")
+        wait_for(lambda: run_step(run) >= 3, 900, "training to reach step 3", state=lambda: describe(rec)[-2000:])
         where = queue.job_states([job])[job].get("node") or queue.job_states([job])[job].get("reason")
         preempt(where, slurm_home)
         states = wait_pipeline(rec)
@@ -176,7 +176,7 @@ def test_a_node_lost_mid_run_fails_cleanly_and_the_next_run_resumes(slurm_cluste
     (stage,) = [s for s in rec["stages"] if s.get("job_id")]
     run, job = Path(rec["run_dir"]), stage["job_id"]
     wait_for(lambda: (run / "latest_state.json").is_file() and run_step(run) >= 3, 900,
-             f"a full state at step 3 or later: {describe(rec)[-2000:]}")
+             "a full state at step 3 or later", state=lambda: describe(rec)[-2000:])
     pids = _job_pids_on(job, "a5k2")
     assert pids, describe(rec)
     for pid in pids:  # everything the step runs on a5k2 dies at once, as when a node goes
@@ -215,13 +215,16 @@ def test_hydra_multirun_sends_two_points_to_two_partitions(slurm_cluster, slurm_
     scripts = sorted((sweep / ".submitit").rglob("*_submission.sh"))
     partitions = {re.search(r"^#SBATCH --partition=(\S+)$", p.read_text(), re.M).group(1) for p in scripts}
     assert partitions == {"savio3_htc", "savio4_gpu"}, scripts
-    ran_on = set()
-    for job_dir in (sweep / ".submitit").iterdir():
-        job = job_dir.name.split("_")[0]
-        got = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "partition,state"], capture_output=True,
-                             text=True).stdout.split()
-        ran_on |= {g.split("|")[0] for g in got if g.endswith("|COMPLETED")}
-    assert ran_on == {"savio3_htc", "savio4_gpu"}
+    jobs = sorted({d.name.split("_")[0] for d in (sweep / ".submitit").iterdir() if d.name[0].isdigit()})
+
+    def sacct() -> tuple[list[str], str]:
+        r = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o", "jobid,partition,state"],
+                           capture_output=True, text=True)
+        return r.stdout.split(), f"sacct -j {','.join(jobs)} (exit {r.returncode}):\n{r.stdout}{r.stderr}"
+
+    # the launcher returns once the jobs have ended; sacct (through slurmdbd) can lag behind by seconds
+    wait_for(lambda: {g.split("|")[1] for g in sacct()[0] if g.endswith("|COMPLETED")} == {"savio3_htc", "savio4_gpu"},
+             300, "both points COMPLETED in sacct, one per partition", state=lambda: sacct()[1])
     for point in ("0", "1"):  # each point trained in its own directory, hydra.sweep.dir/<n>
         status = next((sweep / point).rglob("status.json"))
         assert json.loads(status.read_text())["state"] == "finished"
