@@ -54,7 +54,7 @@ register the Jupyter kernel "HRM (hrm-savio)" (always done on a cluster, for Ope
 
 Experiments:
   name            GPUs  data                                expected runtime
-  sudoku_demo     0     generated Sudoku, 6 blanks, 1k x 9  ~5-8 min on 2 CPU cores
+  sudoku_demo     0     generated Sudoku, 6 blanks, 1k x 9  ~3 min on 2 CPU cores
   logistics_demo  0     1000 10x10 cities x 4 vehicles x 8  ~3 min on 2 CPU cores
   sudoku_full     1     Sudoku-Extreme 1k x 1000 aug        ~1-1.5 h on 1 H100/H200
   maze            4     Maze-Hard 30x30, 1000 mazes         ~2 h on 4 GPUs
