@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console(stderr=False, highlight=False)
+console = Console(stderr=False, highlight=False, soft_wrap=True)  # a path in a log stays on one line
 METRICS_FILE = "metrics.jsonl"
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 

@@ -2,7 +2,8 @@
 
 A run is a directory: `metrics.jsonl` (training rows with train/* keys, evaluation rows with set/* keys),
 `step_N_eval.json` from hrm-evaluate ({"step", "metrics": {set: {metric: value}}}, ARC runs also pass@k,
-there or in `step_N_arc_vote.json`), `all_config.yaml`, `status.json` and `best.json`.
+there or in `step_N_arc_vote.json`), `all_config.yaml`, `status.json` and `best.json`. An HRM-Text run
+(`lm_config.json`) has `eval/lm_eval_step_N.json` from `hrm-lm eval` instead: its sets are lm-eval tasks.
 
 `collect(runs, out)` writes under `out`:
   results.csv, results.md   the last numbers of each run (one row per run)
@@ -47,6 +48,10 @@ SWEEP_IGNORED = {
 }
 STEP_FILE = re.compile(r"step_(\d+)")
 EVAL_FILE = re.compile(r"step_(\d+)_eval\.json")
+NOT_EVAL = ("train/", "perf/")  # metrics.jsonl keys that are not a set/metric evaluation
+LM_EVAL_FILE = re.compile(r"lm_eval_step_(\d+)\.json")
+# What a run is judged by, first found: ARC after voting, puzzles, then lm-eval's generate / multiple choice.
+PRIMARY = ("pass@2", "exact_accuracy", "exact_match", "acc_norm", "acc")
 
 
 # --- reading a run ------------------------------------------------------------------------------------------
@@ -87,13 +92,34 @@ def eval_files(run: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
+def lm_eval_files(run: Path) -> dict[int, Path]:
+    """hrm-lm eval's eval/lm_eval_step_N.json files by step (HRM-Text runs)."""
+    found = ((LM_EVAL_FILE.fullmatch(p.name), p) for p in Path(run, "eval").glob("lm_eval_step_*.json"))
+    return dict(sorted((int(m.group(1)), p) for m, p in found if m))
+
+
+def is_lm_run(run: Path) -> bool:
+    return (Path(run) / "lm_config.json").is_file()
+
+
+def _lm_eval_metrics(data: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """(task, metric, value) of an lm_eval_step_N.json; lm-eval names a score "metric,filter"."""
+    out = []
+    for task, values in (data.get("results") or {}).items():
+        for k, v in (values.items() if isinstance(values, dict) else ()):
+            name, _, filt = str(k).partition(",")
+            if filt and _number(v):
+                out.append((str(task), name if filt == "none" else f"{name}[{filt}]", float(v)))
+    return out
+
+
 def checkpoints(run: Path) -> list[int]:
     """Steps of the saved weights (step_N files)."""
     return sorted(int(m.group(1)) for p in Path(run).glob("step_*") if (m := STEP_FILE.fullmatch(p.name)))
 
 
 def is_run(path: Path) -> bool:
-    return (path / "metrics.jsonl").is_file() or bool(eval_files(path))
+    return (path / "metrics.jsonl").is_file() or bool(eval_files(path)) or bool(lm_eval_files(path))
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -202,7 +228,7 @@ def evaluations(run: Path, rows: list[dict[str, Any]] | None = None) -> list[dic
         if not _number(row.get("step")):
             continue
         for k, v in row.items():
-            if "/" in k and not k.startswith("train/") and _number(v):
+            if "/" in k and not k.startswith(NOT_EVAL) and _number(v):
                 set_name, metric = k.split("/", 1)
                 found[(int(row["step"]), set_name, metric)] = float(v)
     for step, path in eval_files(run).items():
@@ -214,6 +240,10 @@ def evaluations(run: Path, rows: list[dict[str, Any]] | None = None) -> list[dic
         data = _load_json(path)
         if isinstance(data, dict):
             found.update({(step, s, m): v for s, m, v in _eval_json_metrics(data)})
+    for step, path in lm_eval_files(run).items():
+        data = _load_json(path)
+        if isinstance(data, dict):
+            found.update({(step, s, m): v for s, m, v in _lm_eval_metrics(data)})
     return [{"step": s, "set": st, "metric": m, "value": v} for (s, st, m), v in sorted(found.items())]
 
 
@@ -227,9 +257,10 @@ def latest_eval(run: Path) -> tuple[int | None, dict[str, float]]:
 
 
 def primary_metric(evals: list[dict[str, Any]]) -> tuple[str, str] | None:
-    """(set, metric) a run is judged by: pass@2 where ARC voting ran, else exact_accuracy (set 'all' first)."""
+    """(set, metric) a run is judged by: pass@2 where ARC voting ran, else exact_accuracy (set 'all' first),
+    else (HRM-Text) lm-eval's exact_match, acc_norm or acc."""
     names = {(e["set"], e["metric"]) for e in evals}
-    for metric in ("pass@2", "exact_accuracy"):
+    for metric in PRIMARY:
         sets = sorted(s for s, m in names if m == metric)
         if sets:
             return next((s for s in ("arc", "all") if s in sets), sets[0]), metric
@@ -299,8 +330,10 @@ def base_config() -> dict[str, Any]:
 def experiment_configs() -> dict[str, dict[str, Any]]:
     """configs/experiment/NAME.yaml as written (the keys each experiment sets), by name."""
     from slurm.experiment import config_dir
+    from slurm.lm_stages import lm_config_dir
 
-    return {k: v for k, v in _experiment_configs(str(config_dir())).items() if k}
+    known = {k: v for k, v in _experiment_configs(str(lm_config_dir())).items() if k}  # HRM-Text
+    return {**known, **{k: v for k, v in _experiment_configs(str(config_dir())).items() if k}}
 
 
 def experiment_of(run: Path, config: dict[str, Any] | None = None) -> str | None:
@@ -405,8 +438,10 @@ def _notes(rep: RunReport) -> list[str]:
     ckpts = checkpoints(rep.path)
     scored = {e["step"] for e in rep.evals if (e["set"], e["metric"]) == (rep.set, rep.metric)}
     want = metric_for(rep.experiment)
+    lm = is_lm_run(rep.path)
     if rep.best is None:
-        notes.append(f"no evaluation yet: `hrm-evaluate checkpoint={rep.path}` evaluates every checkpoint")
+        notes.append(f"no evaluation yet: `hrm-lm eval {rep.path} --tasks public` scores the last checkpoint" if lm
+                     else f"no evaluation yet: `hrm-evaluate checkpoint={rep.path}` evaluates every checkpoint")
         return notes
     if want == "pass@2" and rep.metric != "pass@2":
         notes.append(f"{rep.metric} here is per augmented example, the published numbers are pass@2 after voting: "
@@ -416,7 +451,13 @@ def _notes(rep: RunReport) -> list[str]:
         notes.append(f"the last checkpoint is {100 * gap:.1f} points below the best (step {rep.best[0]}): quote the "
                      f"best; `early_stop.*` stops training near it")
     missing = [s for s in ckpts if s not in scored]
-    if missing:
+    if missing and lm:
+        ev, data = rep.config.get("eval") or {}, rep.config.get("data_path")
+        inc = ev.get("include_path") if isinstance(ev, dict) else None
+        inc_arg = f" --include-path {Path(str(data or '.')) / str(inc)}" if inc else ""
+        notes.append(f"{rep.set} {rep.metric} of {len(ckpts) - len(missing)} of {len(ckpts)} checkpoints: "
+                     f"`hrm-lm eval {rep.path} --step {missing[-1]} --tasks {rep.set}{inc_arg}` scores another")
+    elif missing:
         how = " arc_vote=true" if rep.metric == "pass@2" else ""
         notes.append(f"{rep.metric} of {len(ckpts) - len(missing)} of {len(ckpts)} checkpoints: `hrm-evaluate "
                      f"checkpoint={rep.path}{how}` evaluates every one (or eval_steps=...)")
@@ -699,7 +740,13 @@ def eval_panel(rep: RunReport) -> Panel:
 
 def panels(rep: RunReport) -> list[Panel]:
     """A run's figure: evaluation (best marked, published lines), train exact accuracy (where it passes 0.99),
-    loss (log), halting accuracy, mean ACT steps, per-cell accuracy."""
+    loss (log), halting accuracy, mean ACT steps, per-cell accuracy. HRM-Text: evaluation, loss, token
+    accuracy, tokens/s, learning rate, backprop steps."""
+    if is_lm_run(rep.path):
+        return [eval_panel(rep), train_panel(rep.rows, "train/lm_loss", "train lm_loss (log)"),
+                train_panel(rep.rows, "train/accuracy", "train token accuracy"),
+                train_panel(rep.rows, "perf/tokens_per_s", "tokens/s"), train_panel(rep.rows, "train/lr", "lr"),
+                train_panel(rep.rows, "train/bp_steps", "backprop steps")]
     exact = train_panel(rep.rows, "train/exact_accuracy", "train exact accuracy")
     if rep.train_solved is not None:
         exact.vlines.append((rep.train_solved, f"> {TRAIN_SOLVED} at step {rep.train_solved}"))
@@ -779,8 +826,10 @@ def plot_compare(reports: list[RunReport], path: Path) -> None:
     for ax, title in zip(axes[0], ("test score (pass@2 / exact_accuracy)", "train exact accuracy",
                                    "train lm_loss (log)", "mean ACT steps")):
         ax.set_title(title)
-    if reports:
-        axes[0][0].legend(fontsize="small")
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:  # the first panel with a run's data
+            ax.legend(fontsize="small")
+            break
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -189,8 +189,9 @@ def data_argv(recipe: dict[str, Any], data_path: Path) -> list[str]:
     return argv
 
 
-def eval_argv(cfg: dict[str, Any], run_dir: Path) -> list[str] | None:
-    """hrm-lm eval RUN --tasks ...; None when the experiment lists no tasks (eval: {tasks: []})."""
+def eval_argv(cfg: dict[str, Any], run_dir: Path, data_path: Path) -> list[str] | None:
+    """hrm-lm eval RUN --tasks ...; None when the experiment lists no tasks (eval: {tasks: []}). A relative
+    eval.include_path is a folder inside data_path (the demo's held-out task)."""
     ev = dict(cfg.get("eval") or {})
     tasks = ev.get("tasks", ["public"])
     if not tasks:
@@ -199,7 +200,8 @@ def eval_argv(cfg: dict[str, Any], run_dir: Path) -> list[str] | None:
     if ev.get("limit") is not None:
         argv += ["--limit", str(ev["limit"])]
     if ev.get("include_path"):
-        argv += ["--include-path", str(ev["include_path"])]
+        tasks_dir = Path(os.path.expandvars(os.path.expanduser(str(ev["include_path"]))))
+        argv += ["--include-path", str(Path(data_path) / tasks_dir)]
     return argv
 
 
@@ -267,7 +269,7 @@ def plan(args: list[str], *, run_id: str | None = None, stage_names: list[str] |
                   checkpoint_path=str(run_dir), workdir=workdir,
                   preflight=list(PREFLIGHT) if nodes > 1 else [])
     stages.append(train)
-    ev = eval_argv(cfg, run_dir)
+    ev = eval_argv(cfg, run_dir, data_path)
     if ev is None:
         skipped["eval"] = "the experiment lists no eval tasks (eval.tasks=[...] to add some)"
     else:

@@ -305,3 +305,33 @@ def test_collect_with_no_runs_fails_in_one_line_naming_the_fix(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "ok: best: step 10 exact_accuracy 50.00% (last: step 10, 50.00%)" in r.stdout
     assert (tmp_path / "out" / "report.md").is_file() and evaluations(run)[0]["step"] == 10
+
+
+def test_an_hrm_text_run_is_judged_by_its_lm_eval_scores(tmp_path):
+    run = tmp_path / "runs" / "hrmtext_demo"
+    run.mkdir(parents=True)
+    rows = [{"step": s, "train/lm_loss": 5.0 / s, "train/accuracy": 1 - 1 / s, "perf/tokens_per_s": 9000.0}
+            for s in range(10, 110, 10)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "lm_config.json").write_text("{}")
+    for s in (50, 100):
+        (run / f"step_{s}").mkdir()
+    (run / "all_config.yaml").write_text(yaml.safe_dump({"seed": 0, "data_path": "/d/hrmtext-demo",
+                                                         "eval": {"tasks": ["t"], "include_path": "tasks"}}))
+    (run / "eval").mkdir()
+    result = {"t": {"alias": "t", "exact_match,none": 0.3, "exact_match,strict": 0.1, "sample_len": 200}}
+    (run / "eval" / "lm_eval_step_100.json").write_text(json.dumps({"step": 100, "results": result}))
+    rep = analyse(run)
+    assert rep.experiment == "hrmtext_demo" and (rep.set, rep.metric) == ("t", "exact_match")
+    assert rep.best == (100, 0.3) and rep.line() == "best: step 100 exact_match 30.00% (last: step 100, 30.00%)"
+    assert {(e["set"], e["metric"]) for e in rep.evals} == {("t", "exact_match"), ("t", "exact_match[strict]")}
+    assert rep.notes == ["t exact_match of 1 of 2 checkpoints: `hrm-lm eval " + str(run) + " --step 50 --tasks t "
+                         "--include-path /d/hrmtext-demo/tasks` scores another"]
+    keys = [p.key for p in panels(rep)]
+    assert keys == ["t/exact_match", "train/lm_loss", "train/accuracy", "perf/tokens_per_s", "train/lr",
+                    "train/bp_steps"]
+    assert panels(rep)[3].raw == [9000.0] * 10
+    out = tmp_path / "results"
+    collect.collect([run], out)
+    assert {e["set"] for e in read_evals(out)} == {"t"}  # perf/* rows are not evaluations
+    assert report_lines(out)["hrmtext_demo"]["bv"] == "30.00"

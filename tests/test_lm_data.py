@@ -152,3 +152,20 @@ def test_cli_trains_a_tokenizer_and_builds(tmp_path):
     res = subprocess.run([sys.executable, "-m", "hrm.lm.cli", "data", "--source", "synth:x", "--out", str(out)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "synth:5000" in res.stderr
+
+
+def test_a_synthetic_build_holds_out_an_lm_eval_task_of_unseen_problems(tmp_path, tokenizer_dir):
+    out = _build(tmp_path, "synth:500", tokenizer_dir, epochs=1, context=128)
+    tasks = out / "tasks"
+    rows = [json.loads(line) for line in (tasks / "test.jsonl").read_text().splitlines()]
+    train = {r["instruction"] for _, r in lmdata.synthetic_rows(500, 0)}
+    assert len(rows) == 200 and len({r["question"] for r in rows}) == 200
+    assert not train & {r["question"] for r in rows}  # held out: none of them was trained on
+    add = [r for r in rows if r["kind"] == "add"]
+    assert add and all(int(r["answer"]) == sum(map(int, r["question"][8:-1].split(" + "))) for r in add)
+    lm_eval = pytest.importorskip("lm_eval.tasks")
+    tm = lm_eval.TaskManager(include_path=str(tasks))
+    assert lmdata.SYNTH_TASK in tm.all_tasks
+    (tasks / "test.jsonl").write_text("")  # an existing task is kept: a rebuild is a no-op
+    build(BuildArgs(source="synth:500", out=out, tokenizer=tokenizer_dir, epochs=1, context=128))
+    assert (tasks / "test.jsonl").read_text() == ""

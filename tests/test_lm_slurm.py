@@ -128,6 +128,11 @@ def test_xl_plan_is_two_nodes_with_the_preflight_and_lm_commands(tmp_path, monke
     # one node: no pre-flight
     one = pipeline.plan(["+experiment=hrmtext_L", "cluster=savio", "account=fc_x", f"runs_dir={tmp_path}"])
     assert next(s for s in one.stages if s.name == "train").preflight == []
+    # the demo scores its held-out problems: a relative include_path is a folder of its data
+    demo = pipeline.plan(["+experiment=hrmtext_demo", "cluster=savio", "account=fc_x", f"runs_dir={tmp_path}",
+                          f"data_path={tmp_path / 'lm'}"])
+    ev = next(s for s in demo.stages if s.name == "eval").argv
+    assert ev[ev.index("--include-path") + 1] == str(tmp_path / "lm" / "tasks") and "hrmtext_synth" in ev
 
 
 @needs_lm_configs

@@ -76,9 +76,9 @@ def assert_same(a: dict, b: dict) -> None:
 def test_demo_loss_falls_and_the_run_directory_is_complete(data, tmp_path):
     run_dir = tmp_path / "demo"
     assert train_here(data, run_dir, "+experiment=hrmtext_demo", "max_steps=60", "log_every=10") == 0
-    rows = [r for r in read_metrics(run_dir) if "train/loss" in r]
+    rows = [r for r in read_metrics(run_dir) if "train/lm_loss" in r]
     assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
-    assert rows[-1]["train/loss"] < 0.7 * rows[0]["train/loss"], [r["train/loss"] for r in rows]
+    assert rows[-1]["train/lm_loss"] < 0.7 * rows[0]["train/lm_loss"], [r["train/lm_loss"] for r in rows]
     assert all(r["perf/tokens_per_s"] > 0 and r["train/bp_steps"] in (2, 3, 4, 5) for r in rows)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "stopped" and status["step"] == 60
@@ -116,7 +116,7 @@ def test_fsdp2_sigterm_then_resume_gives_identical_weights(data, straight, tmp_p
     assert f"resumed at step {status['step']}" in res.stdout
     assert_same(weights(straight, 40, False), weights(run_dir, 40, False))
     assert_same(weights(straight, 40, True), weights(run_dir, 40, True))
-    steps = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
+    steps = [r["step"] for r in read_metrics(run_dir) if "train/lm_loss" in r]
     assert steps == list(range(5, 41, 5))  # each window once, despite the kill
 
 
@@ -134,7 +134,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(data, straight, tmp_path, capsy
                                                                        before["position"]["cursor"])
     w20, w30 = weights(run_dir, 20, False), weights(straight, 20, False)
     assert_same(w20, w30)  # the copy's step 20 is the 2-rank run's
-    losses = [r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r and r["step"] > 20]
+    losses = [r["train/lm_loss"] for r in read_metrics(run_dir) if "train/lm_loss" in r and r["step"] > 20]
     assert len(losses) == 2 and all(0 < v < 10 for v in losses)
 
 

@@ -39,3 +39,21 @@ def test_run_local_bad_experiment_is_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "unknown experiment 'nope'" in res.stderr
+
+
+def test_run_local_hrm_text_demo_builds_trains_scores_held_out_problems_and_reports(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "slurm.cli", "run-local", "+experiment=hrmtext_demo", "data.source=synth:600",
+           f"data_path={tmp_path / 'lm'}", "max_steps=30", "checkpoint_every_steps=15", "log_every=5"]
+    res = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "WANDB_MODE": "disabled"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_dir = work / "runs" / "hrmtext_demo"
+    assert (tmp_path / "lm" / "tasks" / "hrmtext_synth.yaml").is_file()  # the data stage wrote the held-out task
+    scored = json.loads((run_dir / "eval" / "lm_eval_step_30.json").read_text())
+    value = scored["results"]["hrmtext_synth"]["exact_match,none"]
+    assert scored["step"] == 30 and scored["results"]["hrmtext_synth"]["sample_len"] == 200
+    report = (run_dir / "results" / "report.md").read_text()
+    assert f"best: step 30 exact_match {100 * value:.2f}% (last: step 30, {100 * value:.2f}%)" in report
+    assert "hrmtext_demo,30,hrmtext_synth,exact_match," in (run_dir / "results" / "evals.csv").read_text()

@@ -6,6 +6,7 @@ On disk (`hrm-lm data --out DIR`):
   metadata.json                   {tokenizer_info, vocab_size: null, max_seq_len: context + 1, total_length, ...}
   tokenizer/tokenizer.json        the byte-level BPE (+ config.json {"model_type": "qwen3"} for AutoTokenizer)
   tokenizer_info.json             BOQ / EOQ / EOA and the condition-tag tokens, as data_io names them
+  tasks/                          synth:N sources only: an lm-eval task of held-out problems (write_synth_task)
 
 An instruction is [BOQ, one token per condition tag, text ids..., EOQ]; a response is [text ids..., EOA].
 The build streams the source in chunks into DIR's sibling `.DIR.partial/` (tokens.bin, rows.bin and a
@@ -108,9 +109,8 @@ def _file_rows(path: Path) -> Iterator[dict]:
         yield from _txt_rows(path)
 
 
-def synthetic_rows(n: int, seed: int = 0) -> Iterator[tuple[str, dict]]:
-    """Instruction/response tasks made in code (arithmetic, copy, reverse, sort), each as `direct` (answer only)
-    or `cot` (worked steps): a corpus a tiny model can learn on a CPU in minutes."""
+def _synthetic(n: int, seed: int) -> Iterator[tuple[str, str, str, str, str]]:
+    """(kind, condition, instruction, answer, worked steps) of n problems made in code."""
     rng = random.Random(seed)
     words = "red green blue cat dog sun moon tree fish bird star rain snow leaf rock".split()
     for _ in range(n):
@@ -129,8 +129,56 @@ def synthetic_rows(n: int, seed: int = 0) -> Iterator[tuple[str, dict]]:
             out = {"copy": items, "reverse": items[::-1], "sort": sorted(items)}[kind]
             inst, ans = f"{kind.capitalize()} the list: {' '.join(items)}", " ".join(out)
             steps = f"The list has {len(items)} words; {kind} gives {ans}."
+        yield kind, cond, inst, ans, steps
+
+
+def synthetic_rows(n: int, seed: int = 0) -> Iterator[tuple[str, dict]]:
+    """Instruction/response tasks made in code (arithmetic, copy, reverse, sort), each as `direct` (answer only)
+    or `cot` (worked steps): a corpus a tiny model can learn on a CPU in minutes."""
+    for kind, cond, inst, ans, steps in _synthetic(n, seed):
         resp = ans if cond == "direct" else f"{steps} The answer is {ans}."
         yield kind, {"condition": cond, "instruction": inst, "response": resp}
+
+
+def synth_count(source: str) -> int:
+    tail = source.partition(":")[2]
+    return int(tail) if tail else 2000
+
+
+SYNTH_TASK = "hrmtext_synth"
+
+
+def write_synth_task(out: Path, n_train: int, seed: int, n_test: int = 200) -> Path:
+    """`out/tasks/`: an lm-eval task (generate_until, exact_match) of n_test synthetic problems that are not in
+    the training rows, so `hrm-lm eval RUN --tasks hrmtext_synth --include-path out/tasks` measures what the
+    demo learnt offline. The YAML names the jsonl by absolute path (lm-eval reads it from any directory)."""
+    d = Path(out) / "tasks"
+    yaml_file = d / f"{SYNTH_TASK}.yaml"
+    if yaml_file.is_file():
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    seen = {inst for _, _, inst, _, _ in _synthetic(n_train, seed)}
+    rows = []
+    for kind, _, inst, ans, _ in _synthetic(100 * n_test, seed + 1):
+        if inst not in seen:
+            seen.add(inst)
+            rows.append({"kind": kind, "question": inst, "answer": ans})
+            if len(rows) == n_test:
+                break
+    data = d / "test.jsonl"
+    tmp = d / ".test.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(data)
+    tmp = d / f".{yaml_file.name}.tmp"
+    tmp.write_text(
+        f"# {len(rows)} synthetic problems held out of the training rows (hrm-lm data --source synth:N)\n"
+        f"task: {SYNTH_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {json.dumps(str(data.resolve()))}\n"
+        "output_type: generate_until\ntest_split: test\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
+        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 40\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+    tmp.replace(yaml_file)
+    return d
 
 
 def pydoc_rows() -> Iterator[tuple[str, dict]]:
@@ -170,8 +218,7 @@ def iter_source(source: str, seed: int = 0) -> Iterator[tuple[str, dict]]:
     """(task name, row) for every row of `source`, always in the same order (so a resumed build can skip)."""
     check_source(source)
     if source.startswith("synth"):
-        tail = source.partition(":")[2]
-        yield from synthetic_rows(int(tail) if tail else 2000, seed)
+        yield from synthetic_rows(synth_count(source), seed)
     elif source == "pydoc":
         yield from pydoc_rows()
     elif source.startswith("hf:"):  # on the cluster only (network or a warm HF cache)
@@ -295,6 +342,8 @@ def build(args: BuildArgs, progress: Callable[[dict], None] | None = None) -> Pa
     out = Path(args.out)
     check_source(args.source)
     if (out / "metadata.json").is_file():
+        if args.source.startswith("synth"):  # a demo folder built before the held-out task existed
+            write_synth_task(out, synth_count(args.source), args.seed)
         return out  # already built: the build is a no-op
     if args.epochs < 1 or args.context < 2:
         raise ValueError(f"--epochs {args.epochs} --context {args.context}: both must be >= 1 (context >= 2)")
@@ -376,6 +425,8 @@ def build(args: BuildArgs, progress: Callable[[dict], None] | None = None) -> Pa
         prog["done"] = True
         atomic_write_json(prog_file, prog)
     _finish(args, part, out, prog, dtype, vocab)
+    if args.source.startswith("synth"):
+        write_synth_task(out, synth_count(args.source), args.seed)
     return out
 
 

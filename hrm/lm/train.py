@@ -304,7 +304,7 @@ def _train(cfg: DictConfig, info: dist.DistInfo, project: str, run_name: str, ru
                 tokens_logged = pos.tokens
                 dt = max(time.time() - t_log, 1e-9)
                 tok_s = toks_v / dt
-                row = {"train/loss": loss_v / max(labels_v, 1.0), "train/accuracy": correct_v / max(labels_v, 1.0),
+                row = {"train/lm_loss": loss_v / max(labels_v, 1.0), "train/accuracy": correct_v / max(labels_v, 1.0),
                        "train/lr": lr, "train/bp_steps": bp, "train/epoch": pos.epoch, "train/tokens": pos.tokens,
                        "perf/tokens_per_s": tok_s, "perf/step_s": dt / steps_logged}
                 achieved = tok_s * flops_per_token(lm_cfg, bp_steps=bp)["total"]  # spec 4's 2ND + 4ND x steps
@@ -313,7 +313,7 @@ def _train(cfg: DictConfig, info: dist.DistInfo, project: str, run_name: str, ru
                     row["perf/mfu"] = achieved / (peak * info.world_size)
                 tracker.log(row, step=pos.step)
                 if info.is_main:
-                    console.print(f"step {pos.step}/{limit} loss {row['train/loss']:.4f} acc "
+                    console.print(f"step {pos.step}/{limit} loss {row['train/lm_loss']:.4f} acc "
                                   f"{row['train/accuracy']:.3f} bp {bp} lr {lr:.2e} {tok_s:,.0f} tok/s"
                                   + (f" MFU {row['perf/mfu']:.1%}" if "perf/mfu" in row else ""))
                 acc.zero_()
