@@ -10,7 +10,6 @@ No torch here: the model sizes are read from hrm/lm/model.py's SIZES literal wit
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import os
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hrm.lm import config as cfg_lm
 from slurm import profiles, qos
 from slurm.jobs import Stage, select_stages
 from slurm.profiles import RequestError
@@ -28,12 +28,11 @@ PREFLIGHT = [sys.executable, "-m", "slurm.allreduce_check", "--mib", "64", "--ti
 
 
 def lm_config_dir() -> Path:
-    env = os.environ.get("HRM_LM_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "configs" / "lm"
+    return cfg_lm.CONFIG_DIR
 
 
 def known_lm_experiments() -> list[str]:
-    return sorted(p.stem for p in (lm_config_dir() / "experiment").glob("*.yaml"))
+    return cfg_lm.experiments()
 
 
 def is_lm_experiment(experiment: str | None) -> bool:
@@ -41,37 +40,15 @@ def is_lm_experiment(experiment: str | None) -> bool:
 
 
 def compose_lm(experiment: str, overrides: list[str]) -> dict[str, Any]:
-    """configs/lm/cfg_lm.yaml + the experiment, as `hrm-lm train` composes it, as a plain dict."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
+    """configs/lm/cfg_lm.yaml + the experiment, composed and checked as `hrm-lm train` does, as a plain dict."""
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(lm_config_dir()), version_base=None):
-            cfg = hydra_compose(config_name="cfg_lm", overrides=[f"+experiment={experiment}", *overrides])
-    except HydraException as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise RequestError(f"bad training override ({first}); fix: the key=value arguments") from None
-    finally:
-        GlobalHydra.instance().clear()
+        cfg = cfg_lm.compose([f"+experiment={experiment}", *overrides])
+        cfg_lm.check(cfg)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
     return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
-
-
-# --- the model's shape, without torch ---------------------------------------------------------------------
-
-
-def model_sizes() -> dict[str, dict[str, Any]]:
-    """hrm.lm.model.SIZES, read as a literal from the source (importing the module would import torch)."""
-    src = Path(__file__).resolve().parents[1] / "hrm" / "lm" / "model.py"
-    tree = ast.parse(src.read_text())
-    for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-        if isinstance(target, ast.Name) and target.id == "SIZES" and node.value is not None:
-            return ast.literal_eval(node.value)
-    raise RuntimeError(f"no SIZES literal in {src}")
 
 
 def data_metadata(data_path: Path) -> dict[str, Any] | None:
@@ -87,7 +64,7 @@ def model_shape(cfg: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, A
     arch = dict(cfg.get("arch") or {})
     size = arch.get("size")
     try:
-        base = dict(model_sizes().get(size, {})) if size else {}
+        base = dict(cfg_lm.model_sizes().get(size, {})) if size else {}
     except (OSError, RuntimeError, ValueError, SyntaxError):
         base = {}
     shape = {**base, **{k: v for k, v in arch.items() if k != "size" and v is not None}}

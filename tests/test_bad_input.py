@@ -117,7 +117,7 @@ def listing(*roots: Path) -> set[str]:
 
 @dataclass
 class Case:
-    cmd: str  # train | evaluate | data | doctor | slurm | setup
+    cmd: str  # train | evaluate | data | doctor | slurm | setup | lm
     args: list[str]
     message: str  # a part of the one error line
     code: int = 2
@@ -125,7 +125,7 @@ class Case:
 
 
 def _cases() -> list[tuple[str, Case]]:
-    T, R, E, D, H, S = "train", "train-run", "evaluate", "data", "doctor", "slurm"
+    T, R, E, D, H, S, L = "train", "train-run", "evaluate", "data", "doctor", "slurm", "lm"
     cases = {
         # hrm-train: the typed config, checked before Hydra starts
         "train-lr-not-a-number": Case(T, ["lr=abc"], "lr='abc' must be a number > 0"),
@@ -258,6 +258,36 @@ def _cases() -> list[tuple[str, Case]]:
         "slurm-status-unknown": Case(S, ["status", "no-such-pipeline"], "no pipeline 'no-such-pipeline'"),
         "slurm-requeues-text": Case(S, ["preview", "+experiment=sudoku_demo", "cluster=local", "max_requeues=x"],
                                     "max_requeues=x"),
+        # hrm-lm (HRM-Text): configs/lm composed and checked before any data is read or directory made
+        "lm-train-typo-key": Case(L, ["train", "+experiment=hrmtext_demo", "lrr=1e-3"], "did you mean lr=1e-3"),
+        "lm-train-typo-arch-key": Case(L, ["train", "+experiment=hrmtext_demo", "arch.hidden_sise=64"],
+                                       "did you mean arch.hidden_size=64"),
+        "lm-train-unknown-experiment": Case(L, ["train", "+experiment=hrmtext_dem"],
+                                            "did you mean +experiment=hrmtext_demo"),
+        "lm-train-batch-text": Case(L, ["train", "+experiment=hrmtext_demo", "global_batch_size=abc"],
+                                    "global_batch_size='abc' must be a whole number >= 1"),
+        "lm-train-lr-text": Case(L, ["train", "+experiment=hrmtext_demo", "lr=abc"], "lr='abc' must be a number"),
+        "lm-train-backend": Case(L, ["train", "+experiment=hrmtext_demo", "arch.attn_backend=fa4"],
+                                 "arch.attn_backend='fa4' must be one of auto, fa3"),
+        "lm-train-size": Case(L, ["train", "+experiment=hrmtext_demo", "arch.size=huge"], "arch.size='huge'"),
+        "lm-train-ema-range": Case(L, ["train", "+experiment=hrmtext_demo", "ema=2"], "ema=2 must be a number"),
+        "lm-train-no-data": Case(L, ["train", "+experiment=hrmtext_demo", "data_path={data}/nowhere",
+                                     "checkpoint_path={work}/run"], "fix: hrm-lm data"),
+        "lm-data-synth-count": Case(L, ["data", "--source", "synth:x", "--out", "{work}/lm"], "synth:5000"),
+        "lm-data-no-source": Case(L, ["data", "--source", "{data}/nowhere", "--out", "{work}/lm",
+                                      "--train-tokenizer", "512"], "does not exist"),
+        "lm-data-no-tokenizer": Case(L, ["data", "--source", "synth:10", "--out", "{work}/lm"], "no tokenizer"),
+        "lm-data-two-tokenizers": Case(L, ["data", "--source", "synth:10", "--out", "{work}/lm", "--tokenizer",
+                                           "{a_file}", "--train-tokenizer", "512"], "both given"),
+        "lm-data-epochs-zero": Case(L, ["data", "--source", "synth:10", "--out", "{work}/lm", "--train-tokenizer",
+                                        "512", "--epochs", "0"], "--epochs 0"),
+        "lm-eval-not-a-run": Case(L, ["eval", "{data}/empty_dir", "--tasks", "gsm8k"], "not an hrm-lm run"),
+        "lm-export-not-a-run": Case(L, ["export", "{data}/empty_dir", "{work}/hf"], "not an hrm-lm run"),
+        "lm-unknown-command": Case(L, ["trian"], "unknown command 'trian'"),
+        "lm-preview-typo-key": Case(S, ["preview", "+experiment=hrmtext_demo", "cluster=local", "lrr=1e-3"],
+                                    "did you mean lr=1e-3"),
+        "lm-preview-backend": Case(S, ["preview", "+experiment=hrmtext_L", "cluster=local", "arch.attn_backend=fa4"],
+                                   "arch.attn_backend='fa4'"),
         # hrm_savio_setup.sh (over hrm-slurm; stderr holds the error and the script's own one-line epilogue)
         "setup-unknown-action": Case("setup", ["deploy"], "unknown action 'deploy'", code=1, subprocess=True),
         "setup-lr-text": Case("setup", ["train", "sudoku_demo", "--local", "lr=abc"], "lr='abc'", subprocess=True),
@@ -293,7 +323,7 @@ def _in_process(case: Case, args: list[str], capsys) -> tuple[int, str]:
         entry = _train_in_process
     else:
         module = {"evaluate": "hrm.evaluate", "data": "hrm.data.cli", "doctor": "hrm.doctor",
-                  "slurm": "slurm.cli"}[case.cmd]
+                  "slurm": "slurm.cli", "lm": "hrm.lm.cli"}[case.cmd]
         entry = __import__(module, fromlist=["main"]).main
     try:
         code = entry(args)
@@ -346,7 +376,7 @@ def test_bad_input(name, case, world, capsys, monkeypatch):
 
 def test_table_covers_every_command_with_enough_cases():
     commands = {c.cmd for _, c in CASES}
-    assert {"train", "evaluate", "data", "doctor", "slurm", "setup", "torchrun"} <= commands
+    assert {"train", "evaluate", "data", "doctor", "slurm", "setup", "torchrun", "lm"} <= commands
     assert len(CASES) >= 60
 
 

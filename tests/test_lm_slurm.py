@@ -15,6 +15,7 @@ import pytest
 from conftest_slurm import describe, slurm_cluster, slurm_home, wait_pipeline  # noqa: F401
 
 from hrm.lm import cost
+from hrm.lm.config import model_sizes
 from slurm import lm_stages, pipeline
 from slurm.jobs import Stage, StageRun
 from slurm.profiles import RequestError, load_cluster, resolve
@@ -73,7 +74,7 @@ def test_a_passing_preflight_lets_the_stage_run(tmp_path):
 
 def test_the_published_sizes_have_the_spec_parameter_counts():
     # spec section 2.2's table (vocab 65,536): non-embedding and total, to 0.1M
-    sizes = lm_stages.model_sizes()
+    sizes = model_sizes()
     want = {"B": (166.7, 300.9), "L": (526.9, 694.7), "XL": (981.5, 1182.8), "XXL": (3038.8, 3273.7),
             "XXL_wide": (2747.3, 3082.8)}
     for name, (non_emb, total) in want.items():
@@ -85,14 +86,14 @@ def test_the_published_sizes_have_the_spec_parameter_counts():
 def test_the_public_runtimes_are_about_forty_percent_mfu_on_paper():
     """60B tokens (paper) on 8 / 16 H100 at 40% MFU land within 10% of the published 50 h / 46 h: the
     analytic FLOPs and the public figures agree."""
-    sizes = lm_stages.model_sizes()
+    sizes = model_sizes()
     for name, pub in cost.PUBLISHED_RUNS.items():
         hours = cost.hours_for(cost.PUBLISHED_TOKENS, {**sizes[name], "vocab_size": 65536}, pub["gpus"])
         assert hours == pytest.approx(pub["hours"], rel=0.1), (name, hours)
 
 
 def test_memory_estimate_grows_with_tokens_and_shrinks_with_ranks():
-    shape = {**lm_stages.model_sizes()["L"], "vocab_size": 65536}
+    shape = {**model_sizes()["L"], "vocab_size": 65536}
     a, b = cost.memory_estimate(shape, 4096, 8), cost.memory_estimate(shape, 8192, 8)
     assert b.activations == pytest.approx(2 * a.activations) and b.logits == pytest.approx(2 * a.logits)
     assert cost.memory_estimate(shape, 4096, 16).sharded_state == pytest.approx(a.sharded_state / 2)
@@ -139,7 +140,7 @@ def test_xl_plan_is_two_nodes_with_the_preflight_and_lm_commands(tmp_path, monke
 def test_preview_shows_expected_wall_time_sus_and_memory_for_l_on_a5000(tmp_path):
     r = cli(["preview", "+experiment=hrmtext_L", "cluster=savio", "account=fc_x", f"runs_dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr
-    shape = {**lm_stages.model_sizes()["L"], "vocab_size": 65536}
+    shape = {**model_sizes()["L"], "vocab_size": 65536}
     hours = cost.hours_for(cost.PUBLISHED_TOKENS, shape, 8, "A5000", lm_stages.ASSUMED_MFU)
     line = next(x for x in r.stdout.splitlines() if x.startswith("expected wall time:"))
     assert f"{hours:,.1f} h" in line and "8 x A5000" in line and "SU" in line, line
@@ -166,7 +167,7 @@ def test_doctor_memory_for_an_lm_config_gives_the_estimate_and_the_largest_budge
     rep = json.loads(r.stdout)
     assert [row["fits"] for row in rep["rows"]] == [True, False]
     assert rep["world_size"] == 8 and rep["gpu_gib"] == 24.0
-    shape = {**lm_stages.model_sizes()["L"], "vocab_size": 65536}
+    shape = {**model_sizes()["L"], "vocab_size": 65536}
     assert rep["max_tokens_per_gpu"] == cost.max_tokens_per_gpu(shape, 8, 24.0)
     bad = subprocess.run([str(BIN / "hrm-doctor"), "memory", "+experiment=hrmtext_L", "--gpu-type", "K80"],
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)

@@ -146,7 +146,7 @@ def test_activation_checkpointing_changes_memory_not_the_weights(data, tmp_path)
 
 def test_bad_settings_fail_in_one_line_before_training(data, tmp_path, capsys):
     for setting, says in [("global_batch_size=100", "fewer than the data's context 128"),
-                          ("arch.size=huge", "arch.size=huge: choose one of"),
+                          ("arch.size=huge", "arch.size='huge' must be one of tiny"),
                           (f"data_path={tmp_path / 'none'}", "fix: hrm-lm data")]:
         assert train_here(data, tmp_path / "bad", setting) == 2
         err = capsys.readouterr().err

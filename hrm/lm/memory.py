@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from hrm.lm import cost
+from hrm.lm.config import model_sizes
 
 
 def synthetic_batch(vocab: int, tokens: int, seed: int = 0, mean_len: int = 256) -> Any:
     """Samples of random lengths (prefix >= 1, response >= 2) packed into one stream of `tokens` slots."""
     import numpy as np
+
     from hrm.lm.packing import pack
 
     rng = np.random.default_rng(seed)
@@ -62,6 +64,7 @@ def saved_activation_bytes(model: Any, batch: Any, bp_steps: int) -> int:
 def _probe(spec: dict[str, Any]) -> dict[str, Any]:
     """Child process: build the model on CUDA in bf16, one forward + backward at spec['tokens']."""
     import torch
+
     from hrm.lm.model import build_lm, lm_config, lm_loss
 
     cfg = lm_config(spec["size"], spec["vocab_size"], **spec.get("overrides", {}))
@@ -83,8 +86,6 @@ def _probe(spec: dict[str, Any]) -> dict[str, Any]:
 def lm_memory_report(size: str, vocab_size: int, tokens: list[int], world: int, gpu_type: str,
                      probe: bool, overrides: dict[str, Any] | None = None, bp_steps: int = cost.FULL_BP,
                      timeout: float = 600) -> dict[str, Any]:
-    from slurm.lm_stages import model_sizes
-
     shape = cost.shape_of({**model_sizes()[size], **(overrides or {}), "vocab_size": vocab_size})
     card = cost.GPU_MEMORY_GIB.get(gpu_type)
     rows = []
@@ -157,7 +158,7 @@ def main(argv: list[str]) -> int:
     size = arch.pop("size", None)
     meta = lm_stages.data_metadata(Path(str(cfg.get("data_path") or "data/lm")))
     shape = lm_stages.model_shape(cfg, meta)
-    if size not in lm_stages.model_sizes() or shape is None:
+    if size not in model_sizes() or shape is None:
         print(f"hrm-doctor: error: arch.size={size!r} is not one of hrm.lm.model.SIZES; fix: arch.size=L",
               file=sys.stderr)
         return 2

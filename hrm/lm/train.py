@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import hydra
 import torch
 import torch.distributed as torch_dist
 from omegaconf import DictConfig, OmegaConf
@@ -28,12 +27,13 @@ from hrm import dist, runstate
 from hrm.data.format import atomic_write_bytes, atomic_write_json
 from hrm.errors import debug_enabled, one_line, report
 from hrm.lm import checkpoint
+from hrm.lm import config as cfg_lm
 from hrm.lm.data import TokenData
 from hrm.lm.optim import AdamAtan2EMA
 from hrm.optim import cosine_schedule_with_warmup_lr
 from hrm.track import Tracker, console
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "lm"
+CONFIG_DIR = cfg_lm.CONFIG_DIR
 ARCH_KEYS = ("hidden_size", "num_heads", "n_layers", "expansion", "H_cycles", "L_cycles", "half_layers", "norm_eps",
              "rope_theta", "net", "bp_warmup_ratio", "attn_backend")
 
@@ -61,7 +61,8 @@ def model_config(cfg: DictConfig, data: TokenData):
 
 
 def check_config(cfg: DictConfig, world_size: int, data: TokenData) -> int:
-    """Bad settings in one line before any compute; returns the per-rank token budget."""
+    """What the data decides (the batch against the ranks and the context), in one line before any compute;
+    the keys' own types and ranges are hrm.lm.config's. Returns the per-rank token budget."""
     gbs = int(cfg.global_batch_size)
     if gbs <= 0 or gbs % world_size:
         raise ValueError(f"global_batch_size={gbs} tokens do not split over {world_size} ranks; fix: "
@@ -71,11 +72,6 @@ def check_config(cfg: DictConfig, world_size: int, data: TokenData) -> int:
         raise ValueError(f"global_batch_size={gbs} gives {per_rank} tokens per rank, fewer than the data's context "
                          f"{data.context} (a full-length row would never fit); fix: global_batch_size="
                          f"{data.context * world_size} or more, or data built with a smaller --context")
-    for key in ("lr", "weight_decay"):
-        if float(cfg[key]) < 0:
-            raise ValueError(f"{key}={cfg[key]} must be >= 0")
-    if int(cfg.epochs) < 1:
-        raise ValueError(f"epochs={cfg.epochs} must be >= 1")
     return per_rank
 
 
@@ -169,6 +165,7 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, lm_cfg, data: TokenData) ->
 
 def train(cfg: DictConfig) -> int:
     try:
+        cfg_lm.check(cfg)
         info = dist.setup(str(cfg.device))
     except ValueError as e:
         report("hrm-lm train", one_line(e))
@@ -353,18 +350,21 @@ def _train(cfg: DictConfig, info: dist.DistInfo, project: str, run_name: str, ru
     return 0
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="cfg_lm", version_base=None)
-def _hydra_entry(cfg: DictConfig) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`hrm-lm train KEY=VALUE ...`: configs/lm composed with the overrides (one line on a bad one), then train."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: hrm-lm train +experiment=hrmtext_demo|hrmtext_L|hrmtext_XL [KEY=VALUE ...]\n"
+              f"keys (configs/lm/cfg_lm.yaml): {', '.join(cfg_lm.keys())}")
+        sys.exit(0)
+    try:
+        cfg = cfg_lm.compose(argv)
+    except ValueError as e:
+        report("hrm-lm train", one_line(e))
+        sys.exit(2)
     code = train(cfg)
     if code:
         sys.exit(code)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Hydra reads sys.argv: `hrm-lm train ARGS` arrives here with ARGS only."""
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    _hydra_entry()
 
 
 if __name__ == "__main__":
