@@ -98,6 +98,11 @@ def world(tmp_path_factory) -> dict[str, Path]:
     w["other_files"] = other
     from hrm.data.sudoku import generate
 
+    lm_run = w["data"] / "lm_run"  # what resolve_checkpoint looks at (no weights: nothing may load them)
+    (lm_run / "step_4").mkdir(parents=True)
+    (lm_run / "lm_config.json").write_text("{}")
+    (lm_run / "step_4" / "train_state.json").write_text("{}")
+    w["lm_run"] = lm_run
     generate(w["data"] / "sudoku_csv", 12, seed=0, test_count=4)
     w["sudoku_csv"] = w["data"] / "sudoku_csv"
     return w
@@ -282,6 +287,11 @@ def _cases() -> list[tuple[str, Case]]:
         "lm-data-epochs-zero": Case(L, ["data", "--source", "synth:10", "--out", "{work}/lm", "--train-tokenizer",
                                         "512", "--epochs", "0"], "--epochs 0"),
         "lm-eval-not-a-run": Case(L, ["eval", "{data}/empty_dir", "--tasks", "gsm8k"], "not an hrm-lm run"),
+        "lm-eval-unknown-task": Case(L, ["eval", "{lm_run}", "--tasks", "gsm8kk"], "unknown lm-eval task(s) gsm8kk"),
+        "lm-eval-include-path-missing": Case(L, ["eval", "{lm_run}", "--tasks", "mine", "--include-path",
+                                                 "{data}/nowhere"], "is not a folder"),
+        "lm-eval-missing-step": Case(L, ["eval", "{lm_run}", "--tasks", "gsm8k", "--step", "9"],
+                                     "has no complete step_9; fix: one of the steps 4"),
         "lm-export-not-a-run": Case(L, ["export", "{data}/empty_dir", "{work}/hf"], "not an hrm-lm run"),
         "lm-unknown-command": Case(L, ["trian"], "unknown command 'trian'"),
         "lm-preview-typo-key": Case(S, ["preview", "+experiment=hrmtext_demo", "cluster=local", "lrr=1e-3"],

@@ -110,19 +110,15 @@ def load(run_dir: Path, step: int, model: torch.nn.Module, optim: Any, info: dis
     return state
 
 
-def load_for_inference(ckpt_dir: Path, step: int | None = None, use_ema: bool = True):
-    """(model, LMConfig, tokenizer dir or None) from a run directory (or one of its step_N folders), in one
-    process with no process group: DCP reads and reshards the shards into a plain model; with use_ema the
-    weights are the optimizer's EMA (what eval, export and the released weights use)."""
-    from hrm.lm.model import LMConfig, build_lm
-
+def resolve_checkpoint(ckpt_dir: Path, step: int | None = None) -> tuple[Path, int]:
+    """(run directory, step) of a run directory (its latest complete step unless `step`) or one of its step_N
+    folders; ValueError in one line when there is no such checkpoint. Cheap: no weights are read."""
     ckpt_dir = Path(ckpt_dir)
     if _step_of(ckpt_dir) >= 0 and (ckpt_dir / STATE_FILE).is_file():
         run_dir, step = ckpt_dir.parent, _step_of(ckpt_dir) if step is None else step
     else:
         run_dir = ckpt_dir
-    cfg_file = run_dir / LM_CONFIG_FILE
-    if not cfg_file.is_file():
+    if not (run_dir / LM_CONFIG_FILE).is_file():
         raise ValueError(f"{run_dir} has no {LM_CONFIG_FILE}: not an hrm-lm run directory; fix: pass the "
                          f"checkpoint_path of an hrm-lm train run")
     if step is None:
@@ -132,6 +128,17 @@ def load_for_inference(ckpt_dir: Path, step: int | None = None, use_ema: bool = 
     elif not (run_dir / f"step_{step}" / STATE_FILE).is_file():
         have = ", ".join(map(str, complete_steps(run_dir))) or "none"
         raise ValueError(f"{run_dir} has no complete step_{step}; fix: one of the steps {have}")
+    return run_dir, step
+
+
+def load_for_inference(ckpt_dir: Path, step: int | None = None, use_ema: bool = True):
+    """(model, LMConfig, tokenizer dir or None) from a run directory (or one of its step_N folders), in one
+    process with no process group: DCP reads and reshards the shards into a plain model; with use_ema the
+    weights are the optimizer's EMA (what eval, export and the released weights use)."""
+    from hrm.lm.model import LMConfig, build_lm
+
+    run_dir, step = resolve_checkpoint(ckpt_dir, step)
+    cfg_file = run_dir / LM_CONFIG_FILE
     cfg = LMConfig(**json.loads(cfg_file.read_text()))
     model = build_lm(cfg, device="cpu")
     model_sd = model.state_dict()

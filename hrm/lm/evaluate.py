@@ -112,18 +112,31 @@ def _atomic_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def run_tasks(lm_factory: Any, tasks: list[str], *, num_fewshot: int | None = None, limit: int | float | None = None,
-              include_path: str | Path | None = None, condition: str | None = None) -> dict[str, dict[str, Any]]:
-    """lm-eval's simple_evaluate once per (shots, condition) group; lm_factory(condition) -> the LM."""
-    import lm_eval
+def task_manager(tasks: list[str], *, num_fewshot: int | None = None, include_path: str | Path | None = None,
+                 condition: str | None = None) -> Any:
+    """lm-eval's TaskManager, once every task is known to it (ValueError in one line otherwise)."""
     from lm_eval.tasks import TaskManager
 
+    if include_path is not None and not Path(include_path).is_dir():
+        raise ValueError(f"--include-path {include_path} is not a folder; fix: the folder of your task YAMLs")
     tm = TaskManager(include_path=str(include_path) if include_path else None)
     unknown = [t for names, _, _ in _groups(tasks, num_fewshot, condition) for t in names
                if t not in tm.all_tasks]
     if unknown:
         raise ValueError(f"unknown lm-eval task(s) {', '.join(unknown)}; fix: a task lm-eval lists "
                          f"(lm-eval ls tasks), 'public', or --include-path DIR with your task YAML")
+    return tm
+
+
+def run_tasks(lm_factory: Any, tasks: list[str], *, num_fewshot: int | None = None, limit: int | float | None = None,
+              include_path: str | Path | None = None, condition: str | None = None, tm: Any = None
+              ) -> dict[str, dict[str, Any]]:
+    """lm-eval's simple_evaluate once per (shots, condition) group; lm_factory(condition) -> the LM; `tm`: a
+    task_manager(...) already made for these tasks."""
+    import lm_eval
+
+    if tm is None:
+        tm = task_manager(tasks, num_fewshot=num_fewshot, include_path=include_path, condition=condition)
     results: dict[str, dict[str, Any]] = {}
     for names, shots, cond in _groups(tasks, num_fewshot, condition):
         out = lm_eval.simple_evaluate(model=lm_factory(cond), tasks=names, num_fewshot=shots, limit=limit,
@@ -142,17 +155,13 @@ def evaluate(ckpt_dir: str | Path, tasks: list[str], *, step: int | None = None,
     `<run>/eval/lm_eval_step_N.json` (or `out`) and returns what it wrote."""
     import torch
 
-    from hrm.lm.checkpoint import latest_step, load_for_inference
+    from hrm.lm.checkpoint import load_for_inference, resolve_checkpoint
     from hrm.lm.lm_eval_model import HRMTextLM, load_tokenizer, prompt_format
 
-    ckpt_dir = Path(ckpt_dir)
-    if ckpt_dir.name.startswith("step_") and ckpt_dir.name[5:].isdigit():  # a step_N folder of a run
-        step = int(ckpt_dir.name[5:]) if step is None else step
-        ckpt_dir = ckpt_dir.parent
-    if step is None:
-        step = latest_step(ckpt_dir)
     if not tasks:
         raise ValueError("no tasks; fix: --tasks public, or task names (gsm8k,mmlu,...)")
+    ckpt_dir, step = resolve_checkpoint(Path(ckpt_dir), step)  # the checkpoint, then the tasks, then the load
+    tm = task_manager(tasks, num_fewshot=num_fewshot, include_path=include_path, condition=condition)
     model, cfg, tok_dir = load_for_inference(ckpt_dir, step=step, use_ema=use_ema)
     if tok_dir is None or not (Path(tok_dir) / "tokenizer.json").is_file():
         raise ValueError(f"no tokenizer.json for {ckpt_dir}; fix: keep the data's tokenizer/ next to the run")
@@ -168,7 +177,7 @@ def evaluate(ckpt_dir: str | Path, tasks: list[str], *, step: int | None = None,
 
     t0 = time.monotonic()
     results = run_tasks(factory, tasks, num_fewshot=num_fewshot, limit=limit, include_path=include_path,
-                        condition=condition)
+                        condition=condition, tm=tm)
     record = {
         "checkpoint": str(ckpt_dir),
         "step": step,
