@@ -552,6 +552,25 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
+def lm_benchmark_rows(rep: RunReport) -> list[tuple[Any, ...]]:
+    """(run, benchmark, task, metric, step, ours, public L, public XL) for each public HRM-Text benchmark that
+    the run's last lm-eval evaluation scored (hrm.lm.evaluate.PUBLIC_BENCHMARKS: torch-free to import)."""
+    if not is_lm_run(rep.path) or not rep.evals:
+        return []
+    from hrm.lm.evaluate import PUBLIC_BENCHMARKS
+
+    rows = []
+    for b in PUBLIC_BENCHMARKS:
+        name, _, filt = b.metric.partition(",")
+        metric = name if filt in ("", "none") else f"{name}[{filt}]"
+        pts = {e["step"]: e["value"] for e in rep.evals if e["set"] == b.task and e["metric"] == metric}
+        if pts:
+            step = max(pts)
+            rows.append((rep.label, b.name, b.task, metric, step, pct(pts[step], 1), f"{b.public_L:.1f}%",
+                         f"{b.public_XL:.1f}%"))
+    return rows
+
+
 def report_text(reports: list[RunReport], groups: list[list[RunReport]], plots: dict[str, str]) -> str:
     lines = ["# HRM results", "",
              f"{len(reports)} run(s), gathered by `hrm-slurm collect`. Numbers are percent of the test set. `best` is "
@@ -580,6 +599,15 @@ def report_text(reports: list[RunReport], groups: list[list[RunReport]], plots: 
                   "|---|---|---|---|---|"]
         lines += [f"| {p.experiment} | {p.metric} | {pct(p.value, 1)} | {p.kind} | [{p.source}]({p.url}) |"
                   for p in shown]
+    lm_rows = [row for rep in reports for row in lm_benchmark_rows(rep)]
+    if lm_rows:
+        lines += ["", "## HRM-Text benchmarks", "",
+                  "The last evaluated checkpoint of each HRM-Text run on the public benchmarks' lm-eval tasks, beside "
+                  "the published L and XL scores (sapientinc/HRM-Text README). Those come from the repository's own "
+                  "generative harness, which scores differently: guides/HRM_TEXT.md, \"Evaluation with lm-eval\".",
+                  "", "| run | benchmark | lm-eval task | metric | step | ours | public L | public XL |",
+                  "|---|---|---|---|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(map(str, r)) + " |" for r in lm_rows]
     lines += ["", "## Files", "", "- `evals.csv`: run, step, set, metric, value of every evaluated checkpoint",
               "- `results.csv`, `results.md`: the last numbers of each run"]
     lines += [f"- `{name}`: {what}" for name, what in plots.items()]

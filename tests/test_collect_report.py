@@ -335,3 +335,31 @@ def test_an_hrm_text_run_is_judged_by_its_lm_eval_scores(tmp_path):
     collect.collect([run], out)
     assert {e["set"] for e in read_evals(out)} == {"t"}  # perf/* rows are not evaluations
     assert report_lines(out)["hrmtext_demo"]["bv"] == "30.00"
+
+
+def test_an_hrm_text_run_on_public_benchmarks_is_set_beside_the_published_scores(tmp_path):
+    from hrm.lm.evaluate import PUBLIC_BENCHMARKS
+
+    run = tmp_path / "runs" / "hrmtext_L"
+    (run / "eval").mkdir(parents=True)
+    (run / "lm_config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/lm_loss": 3.0}) + "\n")
+    for step, gsm in ((500, 0.2), (1000, 0.4)):
+        results = {"gsm8k": {"exact_match,strict-match": 0.1, "exact_match,flexible-extract": gsm},
+                   "mmlu": {"acc,none": 0.3}, "other": {"acc,none": 0.9}}
+        (run / "eval" / f"lm_eval_step_{step}.json").write_text(json.dumps({"step": step, "results": results}))
+    out = tmp_path / "results"
+    collect.collect([run], out)
+    text = (out / "report.md").read_text()
+    block = text.split("## HRM-Text benchmarks", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| hrmtext_L")]
+    pub = {b.task: b for b in PUBLIC_BENCHMARKS}
+    assert rows == [
+        f"| hrmtext_L | GSM8k | gsm8k | exact_match[flexible-extract] | 1000 | 40.0% | {pub['gsm8k'].public_L:.1f}% | "
+        f"{pub['gsm8k'].public_XL:.1f}% |",
+        f"| hrmtext_L | MMLU | mmlu | acc | 1000 | 30.0% | {pub['mmlu'].public_L:.1f}% | "
+        f"{pub['mmlu'].public_XL:.1f}% |",
+    ]  # the last evaluation, public benchmarks only, in the table's order
+    make_run(tmp_path / "runs" / "sudoku", {100: 0.2})
+    collect.collect([tmp_path / "runs" / "sudoku"], tmp_path / "puzzle")
+    assert "HRM-Text benchmarks" not in (tmp_path / "puzzle" / "report.md").read_text()
