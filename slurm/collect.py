@@ -329,10 +329,10 @@ def base_config() -> dict[str, Any]:
 
 def experiment_configs() -> dict[str, dict[str, Any]]:
     """configs/experiment/NAME.yaml as written (the keys each experiment sets), by name."""
+    from hrm.lm.config import CONFIG_DIR as LM_CONFIG_DIR
     from slurm.experiment import config_dir
-    from slurm.lm_stages import lm_config_dir
 
-    known = {k: v for k, v in _experiment_configs(str(lm_config_dir())).items() if k}  # HRM-Text
+    known = {k: v for k, v in _experiment_configs(str(LM_CONFIG_DIR)).items() if k}  # HRM-Text
     return {**known, **{k: v for k, v in _experiment_configs(str(config_dir())).items() if k}}
 
 

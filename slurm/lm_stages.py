@@ -5,7 +5,7 @@ here for an LM experiment); what differs is the commands (`hrm-lm data|train|eva
 (metadata.json + tokens.npy), the pre-flight all-reduce before a multi-node train (slurm/allreduce_check.py,
 run inside the train job on its own nodes), and the preview's notes: the expected wall time and SUs from
 the analytic FLOPs (hrm/lm/cost.py) at an assumed MFU, and the memory per GPU against the card's.
-No torch here: the model sizes are read from hrm/lm/model.py's SIZES literal without importing it.
+No torch here: configs and model sizes come from hrm.lm.config, which reads hrm/lm/model.py's SIZES literal.
 """
 
 from __future__ import annotations
@@ -27,16 +27,8 @@ ASSUMED_MFU = 0.4  # the planning figure (H100 with FA3); A5000 without FA3 will
 PREFLIGHT = [sys.executable, "-m", "slurm.allreduce_check", "--mib", "64", "--timeout", "180"]
 
 
-def lm_config_dir() -> Path:
-    return cfg_lm.CONFIG_DIR
-
-
-def known_lm_experiments() -> list[str]:
-    return cfg_lm.experiments()
-
-
 def is_lm_experiment(experiment: str | None) -> bool:
-    return bool(experiment) and experiment in known_lm_experiments()
+    return bool(experiment) and experiment in cfg_lm.experiments()
 
 
 def compose_lm(experiment: str, overrides: list[str]) -> dict[str, Any]:

@@ -78,21 +78,17 @@ def test_hf_logits_match_and_generate_works(exported):
 
 def test_hrm_lm_export_of_a_trained_run_round_trips(tmp_path):
     """`hrm-lm export RUN OUT` after a few demo steps: HF logits equal the EMA model's, tokenizer included."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from hrm.lm.checkpoint import load_for_inference
     from hrm.lm.cli import main
+    from hrm.lm.config import compose
     from hrm.lm.data import BuildArgs, build
-    from hrm.lm.train import CONFIG_DIR, train
+    from hrm.lm.train import train
 
     data = build(BuildArgs(source="synth:300", out=tmp_path / "data", train_tokenizer=400, epochs=1, context=128))
     run_dir = tmp_path / "run"
     overrides = ["arch.size=tiny", "arch.attn_backend=sdpa", "global_batch_size=512", "max_steps=3", "ema=0.5",
                  "wandb_mode=disabled", "device=cpu", f"data_path={data}", f"checkpoint_path={run_dir}"]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        assert train(compose(config_name="cfg_lm", overrides=overrides)) in (0, None)
+    assert train(compose(overrides)) in (0, None)
     out = tmp_path / "hf"
     with pytest.raises(SystemExit) as done:
         main(["export", str(run_dir), str(out)])

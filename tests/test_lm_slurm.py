@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest_slurm import describe, slurm_cluster, slurm_home, wait_pipeline  # noqa: F401
 
+from hrm.lm import config as cfg_lm
 from hrm.lm import cost
 from hrm.lm.config import model_sizes
 from slurm import lm_stages, pipeline
@@ -104,7 +105,7 @@ def test_memory_estimate_grows_with_tokens_and_shrinks_with_ranks():
 
 # --- the plan and the preview ------------------------------------------------------------------------------
 
-needs_lm_configs = pytest.mark.skipif(not lm_stages.known_lm_experiments(),
+needs_lm_configs = pytest.mark.skipif(not cfg_lm.experiments(),
                                       reason="configs/lm/experiment/*.yaml not written yet")
 
 

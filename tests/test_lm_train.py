@@ -50,16 +50,11 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 def train_here(data: Path, run_dir: Path, *extra: str) -> int:
     """One process, in this one (no interpreter start-up): compose as `hrm-lm train` does, then train."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from hrm.lm.train import CONFIG_DIR, train
+    from hrm.lm.config import compose
+    from hrm.lm.train import train
 
     settings = dict(a.split("=", 1) for a in [*TINY, f"data_path={data}", f"checkpoint_path={run_dir}", *extra])
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name="cfg_lm", overrides=[f"{k}={v}" for k, v in settings.items()])
-    return train(cfg)
+    return train(compose([f"{k}={v}" for k, v in settings.items()]))
 
 
 def weights(run_dir: Path, step: int, ema: bool) -> dict[str, torch.Tensor]:

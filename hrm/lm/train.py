@@ -33,7 +33,6 @@ from hrm.lm.optim import AdamAtan2EMA
 from hrm.optim import cosine_schedule_with_warmup_lr
 from hrm.track import Tracker, console
 
-CONFIG_DIR = cfg_lm.CONFIG_DIR
 ARCH_KEYS = ("hidden_size", "num_heads", "n_layers", "expansion", "H_cycles", "L_cycles", "half_layers", "norm_eps",
              "rope_theta", "net", "bp_warmup_ratio", "attn_backend")
 
